@@ -1,0 +1,174 @@
+"""Our replacement for SGLang's `DataParallelController`.
+
+It subclasses the stock controller to keep its launch logic (schedulers, init pipes,
+ready handshake), its type-based dispatch table (control messages broadcast, batches,
+`BlockReqInput`/`ProfileReq` to all workers) and client-pinned `routed_dp_rank`; it
+replaces two things:
+
+1. the choice of worker: every request goes through a `Router` (mirror + ledger +
+   policy), for SGLang's stock method names as well as ours;
+2. the event loop: the stock loop busy-spins on a non-blocking `recv`, a whole core at
+   100 % even when idle, which on small hosts starves the workers. Ours blocks in a
+   `zmq.Poller` over all its sockets, with a timeout for housekeeping.
+
+Settings come from the environment, set by `python -m sglang_ext.launch_server` (the
+controller runs in a spawned process, and SGLang's own argument parser knows nothing of
+our flags): SGLANG_EXT_POLICY, SGLANG_EXT_LENGTH_SOURCE.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+import uuid
+
+import zmq
+from sglang.srt.managers.data_parallel_controller import DataParallelController, LoadBalanceMethod
+from sglang.srt.managers.io_struct import sock_recv, sock_send
+
+from sglang_ext import completions
+from sglang_ext.policies import POLICIES, LengthSource, Request
+from sglang_ext.router import Router, RouterConfig
+
+logger = logging.getLogger(__name__)
+
+ENV_POLICY = "SGLANG_EXT_POLICY"
+ENV_LENGTH_SOURCE = "SGLANG_EXT_LENGTH_SOURCE"
+DEFAULT_MAX_NEW_TOKENS = 128  # SGLang's default when a request sets none
+POLL_TIMEOUT_MS = 1000  # housekeeping (ledger expiry) runs at least this often
+
+
+def _policy_name(stock_method: str) -> str | None:
+    """The policy our router runs, or None to keep SGLang's own dispatch method."""
+    name = os.environ.get(ENV_POLICY) or stock_method
+    if name in POLICIES:
+        return name
+    if os.environ.get(ENV_POLICY):
+        raise ValueError(f"{ENV_POLICY}={name!r} is not a known policy; valid: {', '.join(POLICIES)}")
+    return None  # e.g. follow_bootstrap_room (PD disaggregation): stock behaviour
+
+
+class PrefixAwareController(DataParallelController):
+    """Stock launch and message handling; our routing and a blocking event loop."""
+
+    def __init__(self, server_args, port_args, run_scheduler_process_func, prelaunched_schedulers=None):
+        # Bind the workers' report socket before the schedulers are spawned, so that
+        # they inherit its address through the environment.
+        self._reports_context = zmq.Context.instance()
+        self.recv_reports = self._reports_context.socket(zmq.PULL)
+        self.recv_reports.setsockopt(zmq.LINGER, 0)
+        endpoint = f"ipc://{tempfile.gettempdir()}/sglang_ext_reports_{uuid.uuid4().hex[:12]}"
+        self.recv_reports.bind(endpoint)
+        os.environ[completions.ENV_ENDPOINT] = endpoint
+        self.bad_reports = 0
+        super().__init__(server_args, port_args, run_scheduler_process_func, prelaunched_schedulers)
+        stock = self.load_balance_method.name.lower()
+        name = _policy_name(stock)
+        self.router: Router | None = None
+        if name is None:
+            logger.info("controller: keeping SGLang's %s dispatch, with a blocking event loop", stock)
+            return
+        self.router = Router(RouterConfig(
+            policy=name,
+            num_workers=self.max_dp_size,
+            page_size=max(1, int(getattr(server_args, "page_size", 1) or 1)),
+            kv_capacity_tokens=int(self.max_total_num_tokens),
+            length_source=LengthSource(os.environ.get(ENV_LENGTH_SOURCE, LengthSource.MAX_NEW_TOKENS.value)),
+        ))
+        for w in range(self.max_dp_size):
+            self.router.set_alive(w, w in self._active_workers)
+        self.dispatching = self.dispatch_by_policy
+        # Our ledger is exact; the stock 20 ms snapshot refresh is not needed.
+        self.refresh_load_budget_on_dispatch = False
+        self.dispatched_by_worker = [0] * self.max_dp_size
+
+    # ---------------------------------------------------------------- dispatch
+
+    def dispatch_by_policy(self, req) -> None:
+        now = time.monotonic()
+        request = Request(
+            rid=req.rid,
+            input_ids=req.input_ids,
+            max_new_tokens=_max_new_tokens(req),
+        )
+        if req.routed_dp_rank is not None:
+            # The client pinned a rank: honour it (the stock helper validates it), and
+            # still account for the load it adds.
+            self.maybe_external_dp_rank_routing(req)
+            worker = req.routed_dp_rank
+            self.router.record_dispatch(request, worker, self.router.cached_tokens(request)[worker], now)
+        else:
+            worker = self.router.route(request, now)
+            sock_send(self.workers[worker], req)
+        self.dispatched_by_worker[worker] += 1
+
+    def update_active_ranks(self, ranks) -> None:
+        super().update_active_ranks(ranks)
+        if self.router is not None:
+            for w in range(self.max_dp_size):
+                self.router.set_alive(w, bool(self.status[w]) and self.dp_active[w])
+
+    # -------------------------------------------------------------- event loop
+
+    def event_loop(self):
+        poller = zmq.Poller()
+        poller.register(self.recv_from_tokenizer, zmq.POLLIN)
+        poller.register(self.recv_reports, zmq.POLLIN)
+        while True:
+            self.soft_watchdog.feed()
+            ready = dict(poller.poll(POLL_TIMEOUT_MS))
+            # Reports first: a completion frees load the next dispatch should see.
+            if self.recv_reports in ready:
+                self._drain_reports()
+            if self.recv_from_tokenizer in ready:
+                self._drain_tokenizer()
+            if self.router is not None:
+                self.router.expire(time.monotonic())
+
+    def _drain_tokenizer(self) -> None:
+        while True:
+            try:
+                message = sock_recv(self.recv_from_tokenizer, flags=zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            except Exception as exc:  # an undecodable frame must not kill the controller
+                logger.error("controller: dropped an undecodable message from the tokenizer: %s", exc)
+                continue
+            try:
+                self._request_dispatcher(message)
+            except Exception as exc:
+                logger.error("controller: could not dispatch %s (rid=%s): %s",
+                             type(message).__name__, getattr(message, "rid", "-"), exc)
+
+
+    def _drain_reports(self) -> None:
+        while True:
+            try:
+                frame = self.recv_reports.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if self.router is None:
+                continue
+            try:
+                batch = completions.decode_batch(frame)
+            except Exception as exc:
+                self.bad_reports += 1
+                logger.error("controller: skipped a malformed worker report (%d so far): %s", self.bad_reports, exc)
+                continue
+            now = time.monotonic()
+            for report in batch.reports:
+                if report.kind == completions.PREFILL_DONE:
+                    self.router.prefill_done(report.rid, now)
+                elif report.kind == completions.FINISHED:
+                    self.router.finished(report.rid, report.output_tokens, now)
+
+
+def _max_new_tokens(req) -> int:
+    params = getattr(req, "sampling_params", None)
+    value = getattr(params, "max_new_tokens", None)
+    return int(value) if value is not None else DEFAULT_MAX_NEW_TOKENS
+
+
+__all__ = ["PrefixAwareController", "LoadBalanceMethod"]

@@ -1,0 +1,332 @@
+"""One radix tree over token ids that mirrors every worker's RadixAttention cache.
+
+Design note (the invariants first):
+- A node is a run of whole pages (`page_size` tokens each) with the page hashes SGLang
+  published for them, and a bitmask `holders` of the workers that hold *every* page of
+  the node. Storing or removing part of a node for some worker splits the node first,
+  so the invariant always holds.
+- `children` is keyed by the first page's tokens (a tuple; an int when page_size is 1).
+- `_by_hash` maps each page hash to the node that contains it; a node's pages are found
+  with `node.hashes.index(h)` (a C-speed scan of one node).
+- `_held[w]` is the set of nodes worker `w` holds, so clearing a worker touches only its
+  own nodes, never the whole tree.
+- A node with no holders and no children is deleted at once: evicted pages leave the
+  tree, so memory is bounded by what the workers really cache.
+
+Cost: `match` walks the prompt node by node with slice compares (no per-token Python
+loop) and visits each worker once when it drops out: O(prompt pages + workers).
+Applying an event costs O(pages in the event) plus one split per affected node.
+
+Two modes share the structure: *exact* (fed by SGLang's KV events, see `kv_events.py`)
+and *approximate* (`insert_approximate` on dispatch, per-worker LRU eviction bounded by
+the worker's KV capacity) for servers that publish no events. Approximate mode uses a
+logical access counter, never a wall clock, so the simulator can host it unchanged.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+
+
+class _Node:
+    __slots__ = ("tokens", "hashes", "parent", "children", "holders")
+
+    def __init__(self, tokens: list[int], hashes: list[int | None], parent: _Node | None):
+        self.tokens = tokens
+        self.hashes = hashes
+        self.parent = parent
+        self.children: dict = {}
+        self.holders = 0
+
+
+class GlobalTree:
+    """The cluster-wide prefix mirror. Not thread-safe: one owner thread applies events."""
+
+    def __init__(self, num_workers: int, page_size: int = 1):
+        if num_workers < 1 or page_size < 1:
+            raise ValueError("num_workers and page_size must be positive")
+        self.num_workers = num_workers
+        self.page_size = page_size
+        self.root = _Node([], [], None)
+        self._by_hash: dict[int, _Node] = {}
+        self._held: list[set[_Node]] = [set() for _ in range(num_workers)]
+        self._tokens_held = [0] * num_workers
+        # Workers whose mirror may be missing events (a sequence gap); see `mark_uncertain`.
+        self.uncertain_mask = 0
+        # Approximate mode only: per-worker LRU of held nodes, oldest first.
+        self._lru: list[OrderedDict[_Node, None]] = [OrderedDict() for _ in range(num_workers)]
+        self.skipped_pages = 0  # pages of events that could not be mirrored (see docs)
+
+    # ------------------------------------------------------------------ queries
+
+    def match(self, input_ids: Sequence[int]) -> list[int]:
+        """Tokens of `input_ids`' longest cached prefix on each worker (page-aligned)."""
+        ids = input_ids if isinstance(input_ids, list) else list(input_ids)
+        matched = [0] * self.num_workers
+        alive_mask = (1 << self.num_workers) - 1  # workers still matching
+        node, pos, n = self.root, 0, len(ids)
+        while alive_mask and n - pos >= self.page_size:
+            child = node.children.get(self._key(ids, pos))
+            if child is None:
+                break
+            length = len(child.tokens)
+            if ids[pos : pos + length] == child.tokens:
+                common = length
+            else:
+                common = self._common_prefix(ids, pos, child.tokens)
+            still = alive_mask & child.holders
+            self._record_dropouts(matched, alive_mask & ~still, pos)
+            alive_mask = still
+            pos += common
+            if common < length:
+                break
+            node = child
+        self._record_dropouts(matched, alive_mask, pos)
+        return matched
+
+    def tokens_held(self, worker: int) -> int:
+        return self._tokens_held[worker]
+
+    def num_nodes(self) -> int:
+        return sum(1 for _ in self._iter_nodes()) - 1
+
+    def num_pages_indexed(self) -> int:
+        return len(self._by_hash)
+
+    def is_uncertain(self, worker: int) -> bool:
+        return bool(self.uncertain_mask >> worker & 1)
+
+    # ------------------------------------------------------------ exact mode (events)
+
+    def apply_stored(self, worker: int, block_hashes: Sequence[int], parent_hash: int | None,
+                     token_ids: Sequence[int]) -> None:
+        """A `BlockStored` event: `worker` now holds these pages after `parent_hash`."""
+        page = self.page_size
+        if len(token_ids) != len(block_hashes) * page:
+            # A partial trailing page is never matched by page-aligned lookups; keep the
+            # whole pages only.
+            whole = min(len(block_hashes), len(token_ids) // page)
+            block_hashes, token_ids = block_hashes[:whole], token_ids[: whole * page]
+            if not block_hashes:
+                return
+        if parent_hash is None:
+            node = self.root
+        else:
+            node = self._by_hash.get(parent_hash)
+            if node is None:
+                # The parent was never stored or already evicted: nothing to attach to.
+                self.skipped_pages += len(block_hashes)
+                return
+            cut = node.hashes.index(parent_hash) + 1
+            if cut < len(node.hashes):
+                self._split(node, cut)
+        self._insert_under(node, worker, list(token_ids), list(block_hashes))
+
+    def apply_removed(self, worker: int, block_hashes: Sequence[int]) -> None:
+        """A `BlockRemoved` event: `worker` no longer holds these pages."""
+        i, n = 0, len(block_hashes)
+        while i < n:
+            node = self._by_hash.get(block_hashes[i])
+            if node is None:
+                i += 1
+                continue
+            start = node.hashes.index(block_hashes[i])
+            # Extend over the following hashes that continue in the same node.
+            run = 1
+            while (i + run < n and start + run < len(node.hashes)
+                   and node.hashes[start + run] == block_hashes[i + run]):
+                run += 1
+            if start > 0:
+                node = self._split(node, start)
+            if run < len(node.hashes):
+                self._split(node, run)
+            self._release(node, worker)
+            i += run
+
+    def apply_cleared(self, worker: int) -> None:
+        """An `AllBlocksCleared` event (or a resync): forget everything `worker` holds."""
+        for node in list(self._held[worker]):
+            self._release(node, worker)
+        self._lru[worker].clear()
+
+    def mark_uncertain(self, worker: int, uncertain: bool = True) -> None:
+        """Flag a worker whose event stream had a gap; hosts should not trust its matches."""
+        bit = 1 << worker
+        self.uncertain_mask = (self.uncertain_mask | bit) if uncertain else (self.uncertain_mask & ~bit)
+
+    # --------------------------------------------------------- approximate mode
+
+    def insert_approximate(self, worker: int, input_ids: Sequence[int], capacity_tokens: int) -> None:
+        """Record that `worker` will cache `input_ids` (page-aligned), then evict LRU
+        nodes of that worker until it holds at most `capacity_tokens`."""
+        whole = len(input_ids) // self.page_size * self.page_size
+        if whole == 0:
+            return
+        tokens = list(input_ids[:whole])
+        path = self._insert_under(self.root, worker, tokens, [None] * (whole // self.page_size))
+        lru = self._lru[worker]
+        for node in path:  # the path's nodes are now the most recently used
+            lru[node] = None
+            lru.move_to_end(node)
+        self._evict_lru(worker, capacity_tokens)
+
+    def touch_approximate(self, worker: int, input_ids: Sequence[int]) -> None:
+        """Mark the cached part of `input_ids` on `worker` as recently used."""
+        lru = self._lru[worker]
+        for node in self._path_nodes(input_ids, 1 << worker):
+            if node in lru:
+                lru.move_to_end(node)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _key(self, tokens: Sequence[int], pos: int):
+        if self.page_size == 1:
+            return tokens[pos]
+        return tuple(tokens[pos : pos + self.page_size])
+
+    def _common_prefix(self, ids: list[int], pos: int, tokens: list[int]) -> int:
+        """Length (page-aligned) of the common prefix of ids[pos:] and tokens.
+
+        Binary search over slice equality: O(log n) C-speed compares rather than a
+        per-token Python loop (the same reason SGLang gallops in its radix cache).
+        """
+        lo, hi = 0, min(len(tokens), len(ids) - pos)
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if ids[pos : pos + mid] == tokens[:mid]:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo - lo % self.page_size
+
+    @staticmethod
+    def _record_dropouts(matched: list[int], dropped_mask: int, depth: int) -> None:
+        while dropped_mask:
+            low = dropped_mask & -dropped_mask
+            matched[low.bit_length() - 1] = depth
+            dropped_mask ^= low
+
+    def _split(self, node: _Node, pages: int) -> _Node:
+        """Split `node` after `pages` pages; returns the new tail node (the child)."""
+        cut = pages * self.page_size
+        tail = _Node(node.tokens[cut:], node.hashes[pages:], node)
+        tail.children = node.children
+        for child in tail.children.values():
+            child.parent = tail
+        tail.holders = node.holders
+        node.tokens, node.hashes = node.tokens[:cut], node.hashes[:pages]
+        node.children = {self._key(tail.tokens, 0): tail}
+        for h in tail.hashes:
+            if h is not None:
+                self._by_hash[h] = tail
+        holders = tail.holders
+        while holders:
+            low = holders & -holders
+            w = low.bit_length() - 1
+            self._held[w].add(tail)
+            lru = self._lru[w]
+            if node in lru:  # keep the tail next to its head in LRU order
+                lru[tail] = None
+            holders ^= low
+        return tail
+
+    def _hold(self, node: _Node, worker: int) -> None:
+        bit = 1 << worker
+        if not node.holders & bit:
+            node.holders |= bit
+            self._held[worker].add(node)
+            self._tokens_held[worker] += len(node.tokens)
+
+    def _release(self, node: _Node, worker: int) -> None:
+        bit = 1 << worker
+        if node.holders & bit:
+            node.holders &= ~bit
+            self._held[worker].discard(node)
+            self._lru[worker].pop(node, None)
+            self._tokens_held[worker] -= len(node.tokens)
+        self._prune(node)
+
+    def _prune(self, node: _Node) -> None:
+        """Delete `node` and then its ancestors while they are unheld leaves."""
+        while node is not self.root and not node.holders and not node.children:
+            parent = node.parent
+            del parent.children[self._key(node.tokens, 0)]
+            for h in node.hashes:
+                if h is not None and self._by_hash.get(h) is node:
+                    del self._by_hash[h]
+            node.parent = None
+            node = parent
+
+    def _insert_under(self, node: _Node, worker: int, tokens: list[int],
+                      hashes: list[int | None]) -> list[_Node]:
+        """Make `worker` hold `tokens` below `node`, sharing existing nodes; returns the
+        nodes of the path that now hold them."""
+        page, pos, path = self.page_size, 0, []
+        while pos < len(tokens):
+            key = self._key(tokens, pos)
+            child = node.children.get(key)
+            if child is None:
+                child = _Node(tokens[pos:], hashes[pos // page :], node)
+                node.children[key] = child
+                for h in child.hashes:
+                    if h is not None:
+                        self._by_hash[h] = child
+                self._hold(child, worker)
+                path.append(child)
+                break
+            length = len(child.tokens)
+            if tokens[pos : pos + length] == child.tokens:
+                common = length
+            else:
+                common = self._common_prefix(tokens, pos, child.tokens)
+                if common == 0:
+                    # Same first page key but a different page: cannot happen for
+                    # page-aligned keys; guard against malformed input anyway.
+                    self.skipped_pages += (len(tokens) - pos) // page
+                    break
+                self._split(child, common // page)
+            # Equal tokens under another hash (a LoRA or cache-salt namespace) share the
+            # node: matching is by tokens; removals by the other hash are not found and
+            # are ignored (see module docs).
+            self._hold(child, worker)
+            path.append(child)
+            pos += common
+            node = child
+        return path
+
+    def _path_nodes(self, input_ids: Sequence[int], mask: int) -> list[_Node]:
+        ids = input_ids if isinstance(input_ids, list) else list(input_ids)
+        node, pos, out = self.root, 0, []
+        while len(ids) - pos >= self.page_size:
+            child = node.children.get(self._key(ids, pos))
+            if child is None or not child.holders & mask:
+                break
+            length = len(child.tokens)
+            if ids[pos : pos + length] != child.tokens:
+                out.append(child)
+                break
+            out.append(child)
+            pos += length
+            node = child
+        return out
+
+    def _evict_lru(self, worker: int, capacity_tokens: int) -> None:
+        lru, bit = self._lru[worker], 1 << worker
+        guard = len(lru)
+        while self._tokens_held[worker] > capacity_tokens and lru and guard >= 0:
+            node = next(iter(lru))
+            if any(child.holders & bit for child in node.children.values()):
+                # An inner node of this worker: its descendants go first (the radix
+                # cache evicts leaves), so requeue it as if just used.
+                lru.move_to_end(node)
+                guard -= 1
+                continue
+            self._release(node, worker)
+
+    def _iter_nodes(self):
+        stack = [self.root]
+        while stack:
+            node = stack.pop()
+            yield node
+            stack.extend(node.children.values())

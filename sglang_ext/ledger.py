@@ -1,0 +1,139 @@
+"""Exact per-worker load ledger, kept from dispatches and the workers' completion reports.
+
+Design note:
+- Every dispatched request has one entry until the worker reports it finished. The
+  entry remembers what it added to its worker's `WorkerLoad`, so removing it subtracts
+  exactly that: the totals are always the sum over live entries (a test checks this).
+- Lifecycle: `on_dispatch` (queued: adds uncached prompt tokens to the queued prefill
+  and the expected decode tokens to the pending decode work) -> `on_prefill_done`
+  (running: the queued prefill leaves; the prompt now occupies KV) -> `on_finished`.
+- Stock SGLang never tells the controller that a request finished; our scheduler-side
+  hook does (see `completions.py`). If a report is lost, `expire` drops entries older
+  than a bound and logs them, so the ledger cannot drift without bound.
+- `now_s` is always passed in; the ledger never reads a clock (the simulator hosts it).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sglang_ext.policies.base import WorkerLoad
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class _Entry:
+    worker: int
+    prompt_tokens: int
+    uncached_tokens: int
+    expected_output_tokens: int
+    dispatched_s: float
+    prefilled: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class FinishedRequest:
+    rid: str
+    worker: int
+    prompt_tokens: int
+    uncached_tokens: int
+    expected_output_tokens: int
+    dispatched_s: float
+
+
+class LoadLedger:
+    """Per-worker load: queued prefill tokens, pending decode tokens, KV tokens in use."""
+
+    def __init__(self, num_workers: int, kv_capacity_tokens: int | Sequence[int], expiry_s: float = 600.0):
+        caps = [kv_capacity_tokens] * num_workers if isinstance(kv_capacity_tokens, int) else list(kv_capacity_tokens)
+        self.loads = [WorkerLoad(kv_capacity_tokens=max(1, c)) for c in caps]
+        self.expiry_s = expiry_s
+        self._entries: dict[str, _Entry] = {}  # insertion order = dispatch order
+        self.expired = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, rid: str) -> bool:
+        return rid in self._entries
+
+    def worker_of(self, rid: str) -> int | None:
+        entry = self._entries.get(rid)
+        return None if entry is None else entry.worker
+
+    def on_dispatch(self, rid: str, worker: int, prompt_tokens: int, cached_tokens: int,
+                    expected_output_tokens: int, now_s: float) -> None:
+        if rid in self._entries:
+            # A retried rid: forget the old placement first so nothing is counted twice.
+            self._remove(rid)
+        entry = _Entry(worker, prompt_tokens, max(0, prompt_tokens - cached_tokens),
+                       max(0, expected_output_tokens), now_s)
+        self._entries[rid] = entry
+        load = self.loads[worker]
+        load.requests += 1
+        load.queued_requests += 1
+        load.queued_prefill_tokens += entry.uncached_tokens
+        load.pending_decode_tokens += entry.expected_output_tokens
+
+    def on_prefill_done(self, rid: str) -> bool:
+        entry = self._entries.get(rid)
+        if entry is None or entry.prefilled:
+            return False
+        entry.prefilled = True
+        load = self.loads[entry.worker]
+        load.queued_requests -= 1
+        load.queued_prefill_tokens -= entry.uncached_tokens
+        load.kv_tokens_used += entry.prompt_tokens
+        return True
+
+    def on_finished(self, rid: str) -> FinishedRequest | None:
+        """Remove a finished request; None if it is unknown (already expired, or pinned
+        elsewhere)."""
+        entry = self._entries.get(rid)
+        if entry is None:
+            return None
+        self._remove(rid)
+        return FinishedRequest(rid, entry.worker, entry.prompt_tokens, entry.uncached_tokens,
+                               entry.expected_output_tokens, entry.dispatched_s)
+
+    def expire(self, now_s: float) -> list[str]:
+        """Drop entries dispatched more than `expiry_s` ago; returns their rids.
+
+        Entries are kept in dispatch order, so only the expired head is visited.
+        """
+        expired = []
+        for rid, entry in self._entries.items():
+            if now_s - entry.dispatched_s < self.expiry_s:
+                break
+            expired.append(rid)
+        for rid in expired:
+            self._remove(rid)
+        if expired:
+            self.expired += len(expired)
+            logger.warning("ledger: %d request(s) never reported finished within %.0f s; "
+                           "dropped (first: %s)", len(expired), self.expiry_s, expired[0])
+        return expired
+
+    def forget_worker(self, worker: int) -> list[str]:
+        """Drop every entry of a worker (it died or restarted)."""
+        rids = [rid for rid, e in self._entries.items() if e.worker == worker]
+        for rid in rids:
+            self._remove(rid)
+        return rids
+
+    def set_alive(self, worker: int, alive: bool) -> None:
+        self.loads[worker].alive = alive
+
+    def _remove(self, rid: str) -> None:
+        entry = self._entries.pop(rid)
+        load = self.loads[entry.worker]
+        load.requests -= 1
+        load.pending_decode_tokens -= entry.expected_output_tokens
+        if entry.prefilled:
+            load.kv_tokens_used -= entry.prompt_tokens
+        else:
+            load.queued_requests -= 1
+            load.queued_prefill_tokens -= entry.uncached_tokens

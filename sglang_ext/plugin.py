@@ -1,0 +1,33 @@
+"""SGLang plugin entry point (group `sglang.srt.plugins`, name `prefix_length_dp`).
+
+SGLang calls `register()` in each of its processes. It replaces the stock
+`DataParallelController` with ours and hooks the schedulers' output streaming so that
+workers report finished requests to it (`completions.py`).
+"""
+
+from __future__ import annotations
+
+import logging
+
+logger = logging.getLogger(__name__)
+
+CONTROLLER_TARGET = "sglang.srt.managers.data_parallel_controller.DataParallelController"
+STREAM_OUTPUT_TARGET = (
+    "sglang.srt.managers.scheduler_components.output_streamer.SchedulerOutputStreamer.stream_output"
+)
+
+
+def register() -> None:
+    from sglang.srt.plugins.hook_registry import HookRegistry, HookType
+
+    from sglang_ext.compat import check_sglang
+
+    check_sglang()
+    from sglang_ext.controller import PrefixAwareController
+
+    from sglang_ext.completions import stream_output_hook
+
+    HookRegistry.register(CONTROLLER_TARGET, PrefixAwareController, HookType.REPLACE)
+    # Workers report prefill-done and finished requests to our controller (no-op unless
+    # our controller set the report endpoint).
+    HookRegistry.register(STREAM_OUTPUT_TARGET, stream_output_hook, HookType.BEFORE)

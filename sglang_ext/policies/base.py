@@ -1,0 +1,135 @@
+"""The one interface every scheduling policy implements.
+
+A policy sees a read-only `ClusterView` (per worker: how many tokens of *this* request
+are already cached there, and the load ledger's figures) and returns a worker index. The
+live controller and the cluster simulator each build that view; a policy never touches
+sockets, processes or clocks: `now_s` arrives in the view, and randomness comes from a
+seeded generator handed to the constructor.
+
+Invariants a host relies on:
+- `choose` returns an index in `range(view.num_workers)` whose `alive` flag is true
+  (hosts never call `choose` when no worker is alive).
+- `choose` does not mutate the view. A policy's own state (PREBLE's tree, a round-robin
+  counter) is its business; it is updated in `choose`, `on_prefill_done` and `on_finished`.
+- Per-decision cost must not grow with the number of requests served so far; policies
+  that inherently do (PREBLE) say so in their docstring.
+"""
+
+from __future__ import annotations
+
+import random
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import ClassVar
+
+
+class LengthSource(str, Enum):
+    """Where a policy reads a request's expected decode length from."""
+
+    MAX_NEW_TOKENS = "max_new_tokens"
+    PREDICTED = "predicted"
+    ORACLE = "oracle"
+
+
+@dataclass(slots=True)
+class WorkerLoad:
+    """One worker's entry in the load ledger (owned and updated by the host).
+
+    All token counts are tokens, not pages. `pending_decode_tokens` sums, over the
+    requests dispatched to the worker and not yet finished, the decode tokens each is
+    still expected to generate (by the host's length source).
+    """
+
+    requests: int = 0  # dispatched and not finished (queued + running)
+    queued_requests: int = 0  # dispatched, prefill not yet done
+    queued_prefill_tokens: int = 0  # uncached prompt tokens still to prefill
+    pending_decode_tokens: int = 0  # expected remaining decode tokens of in-flight requests
+    kv_tokens_used: int = 0  # tokens resident in the worker's KV cache
+    kv_capacity_tokens: int = 1  # the worker's KV capacity (max_total_num_tokens)
+    alive: bool = True
+
+
+@dataclass(slots=True)
+class Request:
+    """What a policy may know about one request."""
+
+    rid: str
+    input_ids: Sequence[int]
+    max_new_tokens: int
+    predicted_output_tokens: int | None = None
+    oracle_output_tokens: int | None = None
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.input_ids)
+
+    def expected_output_tokens(self, source: LengthSource) -> int:
+        """The decode length to plan for; falls back to `max_new_tokens` when missing."""
+        if source is LengthSource.PREDICTED and self.predicted_output_tokens is not None:
+            return self.predicted_output_tokens
+        if source is LengthSource.ORACLE and self.oracle_output_tokens is not None:
+            return self.oracle_output_tokens
+        return self.max_new_tokens
+
+
+@dataclass(slots=True)
+class ClusterView:
+    """A read-only snapshot a policy decides on.
+
+    `cached_tokens[w]` is the length of the longest prefix of the request's prompt that
+    worker `w` holds in its KV cache (from the global mirror), `loads[w]` its ledger entry.
+    `evictable_tokens[w]` is what worker `w` could free without touching pages in use,
+    when the host knows it (else None).
+    """
+
+    now_s: float
+    cached_tokens: Sequence[int]
+    loads: Sequence[WorkerLoad]
+    page_size: int = 1
+    evictable_tokens: Sequence[int] | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def num_workers(self) -> int:
+        return len(self.loads)
+
+    def alive_workers(self) -> list[int]:
+        return [w for w, load in enumerate(self.loads) if load.alive]
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyConfig:
+    """Options shared by all policies; each policy reads the ones it needs."""
+
+    num_workers: int
+    length_source: LengthSource = LengthSource.MAX_NEW_TOKENS
+    seed: int = 0
+
+
+class Policy(ABC):
+    """Base class: one subclass per module in `sglang_ext/policies/`, named as on the CLI."""
+
+    name: ClassVar[str]
+    # False for content-blind policies: the host may skip the prefix match for them.
+    uses_prefix_match: ClassVar[bool] = True
+
+    def __init__(self, config: PolicyConfig):
+        self.config = config
+        self.rng = random.Random(config.seed)
+
+    @abstractmethod
+    def choose(self, request: Request, view: ClusterView) -> int:
+        """Return the worker that should serve `request`."""
+
+    def on_prefill_done(self, rid: str, worker: int, now_s: float) -> None:
+        """The worker finished the request's prefill (first token produced)."""
+
+    def on_finished(self, rid: str, worker: int, output_tokens: int, now_s: float) -> None:
+        """The worker finished the request."""
+
+
+def least_loaded(candidates: Sequence[int], key) -> int:
+    """The candidate with the smallest key; ties go to the lowest index (deterministic)."""
+    return min(candidates, key=lambda w: (key(w), w))

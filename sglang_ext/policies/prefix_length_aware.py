@@ -1,0 +1,67 @@
+"""`prefix_length_aware` (ours): prefix reuse and predicted decode work in one cost.
+
+Rule: send the request to the alive worker with the lowest estimated cost, in microseconds,
+of serving it there, counting both what the request suffers and what it inflicts:
+
+    prefill   = b1 * (queued_prefill[w] + uncached[w])
+                the request waits for the worker's queued prefill, then its own uncached
+                part (uncached = prompt - tokens already cached on w: prefix reuse);
+    decode    = 2 * b2 * min(pending_decode[w], requests[w] * L)
+                for its L decode steps the request shares batches with the worker's
+                in-flight requests, each step slower by b2 per co-runner, and it slows
+                them the same way; a co-runner overlaps at most L of its remaining tokens,
+                so requests that will finish soon weigh little (this is where the
+                predicted length enters, for the new request and for the running ones);
+    eviction  = b1 * max(0, kv_used[w] + uncached[w] + L - capacity[w])
+                tokens of cached prefixes the placement would push out, charged as the
+                prefill needed to recompute them (PREBLE's M term, without a virtual LRU).
+
+L is the request's expected decode length from the selected length source
+(`max_new_tokens`, `predicted`, or `oracle`). b1 (us per prefill token) and b2 (us per
+co-running request per decode step) come from a cost model; the defaults are the
+Llama-3.1-8B-on-H100 fit in DESIGN.md section 4. Only ratios matter for the choice.
+
+Ties go to the worker with fewer requests, then the lowest index. Cost: O(workers) on top
+of the host's prefix match; no history, no scan of the tree.
+"""
+
+from sglang_ext.policies.base import ClusterView, Policy, Request
+
+DEFAULT_PREFILL_US_PER_TOKEN = 17.3
+DEFAULT_DECODE_US_PER_REQUEST_STEP = 6.0
+
+
+class PrefixLengthAware(Policy):
+    name = "prefix_length_aware"
+
+    def __init__(self, config, prefill_us_per_token: float = DEFAULT_PREFILL_US_PER_TOKEN,
+                 decode_us_per_request_step: float = DEFAULT_DECODE_US_PER_REQUEST_STEP):
+        super().__init__(config)
+        self.b1 = prefill_us_per_token
+        self.b2 = decode_us_per_request_step
+
+    def costs(self, request: Request, view: ClusterView) -> list[float]:
+        """The cost of each worker (inf for dead ones); exposed for tests and reports."""
+        prompt = request.prompt_tokens
+        out = request.expected_output_tokens(self.config.length_source)
+        b1, b2 = self.b1, self.b2
+        costs = []
+        for w, load in enumerate(view.loads):
+            if not load.alive:
+                costs.append(float("inf"))
+                continue
+            uncached = prompt - view.cached_tokens[w]
+            prefill = b1 * (load.queued_prefill_tokens + uncached)
+            decode = 2.0 * b2 * min(load.pending_decode_tokens, load.requests * out)
+            overflow = load.kv_tokens_used + uncached + out - load.kv_capacity_tokens
+            eviction = b1 * overflow if overflow > 0 else 0.0
+            costs.append(prefill + decode + eviction)
+        return costs
+
+    def choose(self, request: Request, view: ClusterView) -> int:
+        costs = self.costs(request, view)
+        loads = view.loads
+        return min(
+            (w for w in range(len(costs)) if loads[w].alive),
+            key=lambda w: (costs[w], loads[w].requests, w),
+        )

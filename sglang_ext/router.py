@@ -1,0 +1,97 @@
+"""The host-independent routing core: global mirror + load ledger + policy.
+
+The live controller (`controller.py`, over local processes or Ray actors) and the cluster
+simulator both drive a `Router`: they call `route` for each request, and report
+`prefill_done` / `finished` as the workers do. The router never reads a clock or
+touches a socket: `now_s` is passed in.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from sglang_ext.global_tree import GlobalTree
+from sglang_ext.ledger import FinishedRequest, LoadLedger
+from sglang_ext.policies import LengthSource, Policy, PolicyConfig, Request, make_policy
+from sglang_ext.policies.base import ClusterView
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RouterConfig:
+    """How a router is built. Field names carry units; see `--help` of the launcher."""
+
+    policy: str = "prefix_length_aware"
+    num_workers: int = 2
+    page_size: int = 1
+    kv_capacity_tokens: int = 65536
+    length_source: LengthSource = LengthSource.MAX_NEW_TOKENS
+    # True: the mirror is fed by SGLang's KV events. False: approximate mode, the
+    # router inserts each routed prompt itself and evicts by LRU within capacity.
+    exact_mirror: bool = False
+    ledger_expiry_s: float = 600.0
+    seed: int = 0
+
+
+class Router:
+    def __init__(self, config: RouterConfig, policy: Policy | None = None):
+        self.config = config
+        self.policy = policy or make_policy(
+            config.policy,
+            PolicyConfig(config.num_workers, config.length_source, config.seed),
+        )
+        self.tree = GlobalTree(config.num_workers, config.page_size)
+        self.ledger = LoadLedger(config.num_workers, config.kv_capacity_tokens, config.ledger_expiry_s)
+        self._zeros = [0] * config.num_workers
+        logger.info(
+            "router: policy=%s workers=%d mirror=%s length_source=%s",
+            config.policy, config.num_workers,
+            "exact (KV events)" if config.exact_mirror else "approximate (insert on dispatch, LRU)",
+            config.length_source.value,
+        )
+
+    def route(self, request: Request, now_s: float) -> int:
+        """Pick a worker for `request` and record the placement in ledger and mirror."""
+        cached = self.cached_tokens(request) if self.policy.uses_prefix_match else self._zeros
+        view = ClusterView(now_s, cached, self.ledger.loads, self.config.page_size)
+        worker = self.policy.choose(request, view)
+        self.record_dispatch(request, worker, cached[worker], now_s)
+        return worker
+
+    def cached_tokens(self, request: Request) -> list[int]:
+        """Per-worker cached prefix of the request; workers with an unrepaired event gap
+        count as holding nothing (their mirror is not trusted blindly)."""
+        cached = self.tree.match(request.input_ids)
+        mask = self.tree.uncertain_mask
+        if mask:
+            for w in range(len(cached)):
+                if mask >> w & 1:
+                    cached[w] = 0
+        return cached
+
+    def record_dispatch(self, request: Request, worker: int, cached_tokens: int, now_s: float) -> None:
+        """Account for a request sent to `worker` (by the policy, or pinned by the client)."""
+        expected = request.expected_output_tokens(self.config.length_source)
+        self.ledger.on_dispatch(request.rid, worker, request.prompt_tokens, cached_tokens, expected, now_s)
+        if not self.config.exact_mirror:
+            capacity = self.ledger.loads[worker].kv_capacity_tokens
+            self.tree.insert_approximate(worker, request.input_ids, capacity)
+
+    def prefill_done(self, rid: str, now_s: float) -> None:
+        worker = self.ledger.worker_of(rid)
+        if self.ledger.on_prefill_done(rid) and worker is not None:
+            self.policy.on_prefill_done(rid, worker, now_s)
+
+    def finished(self, rid: str, output_tokens: int, now_s: float) -> FinishedRequest | None:
+        done = self.ledger.on_finished(rid)
+        if done is not None:
+            self.policy.on_finished(rid, done.worker, output_tokens, now_s)
+        return done
+
+    def expire(self, now_s: float) -> list[str]:
+        return self.ledger.expire(now_s)
+
+    def set_alive(self, worker: int, alive: bool) -> None:
+        self.ledger.set_alive(worker, alive)
