@@ -15,6 +15,8 @@ from sglang_ext.policies.base import (
     Request,
     WorkerLoad,
 )
+from sglang_ext.policies.cache_aware import CacheAware
+from sglang_ext.policies.kv_cost import KvCost
 from sglang_ext.policies.prefix_length_aware import PrefixLengthAware
 from sglang_ext.policies.round_robin import RoundRobin
 from sglang_ext.policies.total_requests import TotalRequests
@@ -24,7 +26,8 @@ from sglang_ext.policies.total_tokens import TotalTokens
 STOCK_METHODS = ("round_robin", "total_requests", "total_tokens")
 
 POLICIES: dict[str, type[Policy]] = {
-    cls.name: cls for cls in (RoundRobin, TotalRequests, TotalTokens, PrefixLengthAware)
+    cls.name: cls for cls in (RoundRobin, TotalRequests, TotalTokens, PrefixLengthAware,
+                              CacheAware, KvCost)
 }
 
 
