@@ -17,6 +17,7 @@ from sglang_ext.policies.base import (
 )
 from sglang_ext.policies.cache_aware import CacheAware
 from sglang_ext.policies.kv_cost import KvCost
+from sglang_ext.policies.preble import Preble
 from sglang_ext.policies.prefix_length_aware import PrefixLengthAware
 from sglang_ext.policies.round_robin import RoundRobin
 from sglang_ext.policies.total_requests import TotalRequests
@@ -27,7 +28,7 @@ STOCK_METHODS = ("round_robin", "total_requests", "total_tokens")
 
 POLICIES: dict[str, type[Policy]] = {
     cls.name: cls for cls in (RoundRobin, TotalRequests, TotalTokens, PrefixLengthAware,
-                              CacheAware, KvCost)
+                              CacheAware, KvCost, Preble)
 }
 
 
