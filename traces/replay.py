@@ -1,0 +1,209 @@
+"""Open-loop replay of a trace against SGLang's `/generate` (streaming).
+
+Each request is sent at its trace timestamp divided by `rate_scale`, whatever happened to
+earlier ones; at most `max_concurrency` are in flight (a request beyond that waits for a
+slot, and the wait counts as latency, see metrics.py). With `force_lengths`, each request
+asks for exactly its true output length (`max_new_tokens` = the trace's `output_tokens`,
+`ignore_eos`): random-weight test models would otherwise stop anywhere. The worker,
+cached tokens and token counts come from `meta_info` of SGLang's last stream chunk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import pathlib
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+from traces.format import Trace, TraceRequest
+from traces.metrics import RequestResult, summarize, write_csv
+
+
+class ServerUnreachable(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class ReplayConfig:
+    trace: str
+    url: str = "http://127.0.0.1:30000"
+    out_dir: str = "replay-out"
+    rate_scale: float = 1.0             # 2.0 replays twice as fast (timestamps halved)
+    max_concurrency: int = 256          # requests in flight at most
+    force_lengths: bool = True          # max_new_tokens = true length, ignore_eos
+    max_requests: int | None = None     # replay only the first N requests
+    max_duration_s: float | None = None # replay only requests scheduled before this (scaled) time
+    request_timeout_s: float = 600.0
+    send_rid: bool = True               # send the trace id as SGLang's rid
+    progress: bool = True
+
+    def check(self) -> None:
+        if not self.rate_scale > 0:
+            raise ValueError("--rate-scale must be > 0")
+        if self.max_concurrency < 1:
+            raise ValueError("--max-concurrency must be >= 1")
+        if self.max_requests is not None and self.max_requests < 1:
+            raise ValueError("--max-requests must be >= 1")
+        if not self.url.startswith(("http://", "https://")):
+            raise ValueError(f"--url must start with http:// or https://, got {self.url!r}")
+
+
+def request_body(req: TraceRequest, cfg: ReplayConfig) -> dict:
+    sampling = {"max_new_tokens": req.output_tokens if cfg.force_lengths else req.max_new_tokens}
+    if cfg.force_lengths:
+        sampling["ignore_eos"] = True
+    body: dict = {"sampling_params": sampling, "stream": True}
+    if req.input_ids:
+        body["input_ids"] = list(req.input_ids)
+    else:
+        body["text"] = req.prompt
+    if cfg.send_rid:
+        body["rid"] = req.id
+    return body
+
+
+def select(trace: Trace, cfg: ReplayConfig) -> list[TraceRequest]:
+    reqs = trace.requests[: cfg.max_requests] if cfg.max_requests else list(trace.requests)
+    if cfg.max_duration_s is not None:
+        reqs = [r for r in reqs if r.arrival_s / cfg.rate_scale < cfg.max_duration_s]
+    return reqs
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text[:300]
+
+
+async def _probe(session, url: str) -> int | None:
+    """Fail fast when nothing listens at `url`; return the server's dp_size if it says."""
+    import aiohttp
+
+    try:
+        async with session.get(url + "/server_info", timeout=aiohttp.ClientTimeout(total=10)) as resp:
+            if resp.status != 200:
+                async with session.get(url + "/health", timeout=aiohttp.ClientTimeout(total=10)) as health:
+                    if health.status != 200:
+                        raise ServerUnreachable(f"SGLang at {url} answered /health with HTTP {health.status}")
+                return None
+            info = await resp.json(content_type=None)
+            return int(info.get("dp_size") or 1) if isinstance(info, dict) else None
+    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as err:
+        raise ServerUnreachable(f"cannot reach SGLang at {url} ({_one_line(err)})") from None
+
+
+def _parse_event(event: bytes) -> dict | None:
+    """One server-sent event's JSON, or None for [DONE], comments and blank events."""
+    event = event.strip()
+    if not event.startswith(b"data:"):
+        return None
+    payload = event[5:].strip()
+    if payload == b"[DONE]":
+        return None
+    chunk = json.loads(payload)
+    return chunk if isinstance(chunk, dict) else None
+
+
+async def _send(session, req: TraceRequest, cfg: ReplayConfig, start: float, slots: asyncio.Semaphore,
+                result: RequestResult) -> None:
+    import aiohttp
+
+    scheduled = start + result.arrival_s
+    await asyncio.sleep(max(0.0, scheduled - time.perf_counter()))
+    async with slots:
+        sent = time.perf_counter()
+        result.sent_s = sent - start
+        result.queue_delay_s = max(0.0, sent - scheduled)
+        first_token: float | None = None
+        meta: dict = {}
+        try:
+            timeout = aiohttp.ClientTimeout(total=cfg.request_timeout_s)
+            async with session.post(cfg.url + "/generate", json=request_body(req, cfg), timeout=timeout) as resp:
+                if resp.status != 200:
+                    raise RuntimeError(f"HTTP {resp.status}: {(await resp.text())[:200]}")
+                # Events are "data: {json}\n\n"; read raw bytes and split ourselves, since
+                # a cumulative-text chunk can outgrow aiohttp's line-length limit.
+                buffer = b""
+                async for data in resp.content.iter_any():
+                    buffer += data
+                    *events, buffer = buffer.split(b"\n\n")
+                    for event in events:
+                        chunk = _parse_event(event)
+                        if chunk is None:
+                            continue
+                        if "error" in chunk:
+                            raise RuntimeError(f"server error: {chunk['error']}")
+                        meta = chunk.get("meta_info") or meta
+                        if first_token is None and (meta.get("completion_tokens") or 0) >= 1:
+                            first_token = time.perf_counter()
+            done = time.perf_counter()
+            if not meta:
+                raise RuntimeError("the stream ended without any output")
+            result.prompt_tokens = meta.get("prompt_tokens")
+            result.output_tokens = meta.get("completion_tokens")
+            result.cached_tokens = meta.get("cached_tokens")
+            result.worker = meta.get("dp_rank")
+            result.finish(None if first_token is None else first_token - scheduled, done - scheduled)
+            result.ok = True
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, RuntimeError, ValueError) as err:
+            result.error = _one_line(err)
+            result.e2e_s = time.perf_counter() - scheduled
+
+
+async def _progress(results: list[RequestResult], start: float, stop: asyncio.Event) -> None:
+    tty = sys.stderr.isatty()
+    period = 1.0 if tty else 5.0
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=period)
+        except asyncio.TimeoutError:
+            pass
+        sent = sum(1 for r in results if r.sent_s is not None)
+        done = sum(1 for r in results if r.ok or r.error)
+        failed = sum(1 for r in results if r.error)
+        line = (f"replay: {time.perf_counter() - start:6.1f} s  sent {sent}/{len(results)}  "
+                f"done {done}  in flight {sent - done}  failed {failed}")
+        print(("\r" + line) if tty else line, end="" if tty else "\n", file=sys.stderr, flush=True)
+    if tty:
+        print(file=sys.stderr)
+
+
+async def replay_async(trace: Trace, cfg: ReplayConfig) -> tuple[list[RequestResult], int | None]:
+    import aiohttp
+
+    reqs = select(trace, cfg)
+    results = [RequestResult(id=r.id, arrival_s=r.arrival_s / cfg.rate_scale, prefix_group=r.prefix_group,
+                             session=r.session, turn=r.turn, expected_output_tokens=r.output_tokens if cfg.force_lengths else None)
+               for r in reqs]
+    connector = aiohttp.TCPConnector(limit=cfg.max_concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        dp_size = await _probe(session, cfg.url)
+        slots = asyncio.Semaphore(cfg.max_concurrency)
+        stop = asyncio.Event()
+        start = time.perf_counter()
+        progress = asyncio.create_task(_progress(results, start, stop)) if cfg.progress else None
+        await asyncio.gather(*(_send(session, r, cfg, start, slots, res) for r, res in zip(reqs, results)))
+        stop.set()
+        if progress is not None:
+            await progress
+    return results, dp_size
+
+
+def run(trace: Trace, cfg: ReplayConfig) -> dict:
+    """Replay and write requests.csv, summary.json and config.json into `out_dir`."""
+    cfg.check()
+    if not select(trace, cfg):
+        raise ValueError("no request to replay (check --max-requests / --max-duration-s)")
+    results, dp_size = asyncio.run(replay_async(trace, cfg))
+    out = pathlib.Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = summarize(results, dp_size)
+    summary["url"] = cfg.url
+    summary["trace"] = cfg.trace
+    write_csv(results, out / "requests.csv")
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "config.json").write_text(json.dumps({"replay": asdict(cfg), "trace_header": {
+        "generator": trace.header.generator, "seed": trace.header.seed, "version": trace.header.version,
+        "config": trace.header.config}}, indent=2) + "\n")
+    return summary
