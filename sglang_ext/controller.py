@@ -29,6 +29,7 @@ from sglang.srt.managers.data_parallel_controller import DataParallelController,
 from sglang.srt.managers.io_struct import sock_recv, sock_send
 
 from sglang_ext import completions
+from sglang_ext.kv_events import EventFeedConfig, KVEventSubscriber
 from sglang_ext.policies import POLICIES, LengthSource, Request
 from sglang_ext.router import Router, RouterConfig
 
@@ -67,16 +68,21 @@ class PrefixAwareController(DataParallelController):
         stock = self.load_balance_method.name.lower()
         name = _policy_name(stock)
         self.router: Router | None = None
+        self.kv_subscriber: KVEventSubscriber | None = None
         if name is None:
             logger.info("controller: keeping SGLang's %s dispatch, with a blocking event loop", stock)
             return
+        feed = EventFeedConfig.from_server_args(getattr(server_args, "kv_events_config", None))
         self.router = Router(RouterConfig(
             policy=name,
             num_workers=self.max_dp_size,
             page_size=max(1, int(getattr(server_args, "page_size", 1) or 1)),
             kv_capacity_tokens=int(self.max_total_num_tokens),
             length_source=LengthSource(os.environ.get(ENV_LENGTH_SOURCE, LengthSource.MAX_NEW_TOKENS.value)),
+            exact_mirror=feed is not None,
         ))
+        if feed is not None:
+            self.kv_subscriber = KVEventSubscriber(feed, self.router.tree)
         for w in range(self.max_dp_size):
             self.router.set_alive(w, w in self._active_workers)
         self.dispatching = self.dispatch_by_policy
@@ -116,10 +122,19 @@ class PrefixAwareController(DataParallelController):
         poller = zmq.Poller()
         poller.register(self.recv_from_tokenizer, zmq.POLLIN)
         poller.register(self.recv_reports, zmq.POLLIN)
+        event_sockets = self.kv_subscriber.sockets() if self.kv_subscriber else []
+        for sock in event_sockets:
+            poller.register(sock, zmq.POLLIN)
         while True:
             self.soft_watchdog.feed()
             ready = dict(poller.poll(POLL_TIMEOUT_MS))
-            # Reports first: a completion frees load the next dispatch should see.
+            # Cache events and reports first: the next dispatch should see them.
+            now = time.monotonic()
+            for sock in event_sockets:
+                if sock in ready:
+                    self.kv_subscriber.handle(sock, now)
+            if self.kv_subscriber is not None:
+                self.kv_subscriber.applier.check_timeouts(now)
             if self.recv_reports in ready:
                 self._drain_reports()
             if self.recv_from_tokenizer in ready:

@@ -6,14 +6,23 @@
 
 Accepts every `sglang.launch_server` flag. `--load-balance-method` takes SGLang's stock
 values (run by our controller with the same semantics and a blocking event loop) and
-ours; `--length-source` (max_new_tokens | predicted | oracle) is ours. Our values are
-handed to the controller process through the environment, since SGLang's parser would
-reject them; SGLang itself is told `round_robin`.
+ours; `--length-source` (max_new_tokens | predicted | oracle) and `--kv-mirror`
+(auto | events | approximate) are ours. Our values are handed to the controller process
+through the environment, since SGLang's parser would reject them; SGLang itself is told
+`round_robin`.
+
+`--kv-mirror auto` (the default) turns SGLang's KV-event feed on, bound to loopback on
+free ports with a replay endpoint, unless `--kv-events-config` is given; the feed carries
+prompt token ids, so it never listens beyond 127.0.0.1 unless you configure it to.
+`approximate` leaves events off and the controller inserts routed prompts itself.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import random
+import socket
 import sys
 
 from sglang_ext.controller import ENV_LENGTH_SOURCE, ENV_POLICY
@@ -66,11 +75,51 @@ def translate_args(argv: list[str], environ: dict) -> list[str]:
         if length_source not in sources:
             raise UsageError(f"unknown --length-source {length_source!r}; valid: {', '.join(sources)}")
         environ[ENV_LENGTH_SOURCE] = length_source
+    mirror = _pop_flag(argv, "--kv-mirror") or "auto"
+    if mirror not in ("auto", "events", "approximate"):
+        raise UsageError(f"unknown --kv-mirror {mirror!r}; valid: auto, events, approximate")
+    if mirror != "approximate" and not any(a.startswith("--kv-events-config") for a in argv):
+        argv += ["--kv-events-config", json.dumps(loopback_kv_events_config(_dp_size(argv)))]
     # Our plugin must load in every SGLang process; respect a user whitelist but add us.
     allowed = environ.get("SGLANG_PLUGINS")
     if allowed and PLUGIN_NAME not in allowed.split(","):
         environ["SGLANG_PLUGINS"] = allowed + "," + PLUGIN_NAME
     return argv
+
+
+def _dp_size(argv: list[str]) -> int:
+    for flag in ("--dp-size", "--dp", "--data-parallel-size"):
+        for i, arg in enumerate(argv):
+            if arg == flag and i + 1 < len(argv):
+                return int(argv[i + 1])
+            if arg.startswith(flag + "="):
+                return int(arg.split("=", 1)[1])
+    return 1
+
+
+def _ports_free(ports: range) -> bool:
+    for port in ports:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+    return True
+
+
+def loopback_kv_events_config(dp_size: int, rng: random.Random | None = None) -> dict:
+    """A KV-event feed on 127.0.0.1: `dp_size` consecutive free ports for the PUB
+    sockets and as many for the replay ROUTERs (SGLang offsets ports by rank)."""
+    rng = rng or random.Random()
+    for _ in range(200):
+        base = rng.randrange(20000, 60000 - 2 * dp_size)
+        if _ports_free(range(base, base + 2 * dp_size)):
+            return {
+                "publisher": "zmq", "bind": True,
+                "endpoint": f"tcp://127.0.0.1:{base}",
+                "replay_endpoint": f"tcp://127.0.0.1:{base + dp_size}",
+            }
+    raise UsageError("found no free loopback ports for the KV-event feed")
 
 
 def main(argv: list[str] | None = None) -> int:
