@@ -124,24 +124,33 @@ class GlobalTree:
         self._insert_under(node, worker, list(token_ids), list(block_hashes))
 
     def apply_removed(self, worker: int, block_hashes: Sequence[int]) -> None:
-        """A `BlockRemoved` event: `worker` no longer holds these pages."""
-        i, n = 0, len(block_hashes)
+        """A `BlockRemoved` event: `worker` no longer holds these pages.
+
+        SGLang coalesces consecutive removals, so one event may span several radix nodes
+        of the worker, in any order; each maximal run of hashes that continues inside one
+        mirror node is released at once.
+        """
+        hashes = block_hashes if isinstance(block_hashes, list) else list(block_hashes)
+        by_hash, bit = self._by_hash, 1 << worker
+        i, n = 0, len(hashes)
         while i < n:
-            node = self._by_hash.get(block_hashes[i])
-            if node is None:
+            node = by_hash.get(hashes[i])
+            if node is None:  # never mirrored (skipped) or already gone
                 i += 1
                 continue
-            start = node.hashes.index(block_hashes[i])
-            # Extend over the following hashes that continue in the same node.
-            run = 1
-            while (i + run < n and start + run < len(node.hashes)
-                   and node.hashes[start + run] == block_hashes[i + run]):
-                run += 1
-            if start > 0:
-                node = self._split(node, start)
-            if run < len(node.hashes):
-                self._split(node, run)
-            self._release(node, worker)
+            node_hashes = node.hashes
+            start = node_hashes.index(hashes[i])
+            run = min(len(node_hashes) - start, n - i)
+            if node_hashes[start : start + run] != hashes[i : i + run]:
+                run = self._common_run(node_hashes, start, hashes, i, run)
+            if node.holders & bit:
+                # Splitting a node the worker does not hold would only fragment the
+                # tree, so only held runs are cut out.
+                if start > 0:
+                    node = self._split(node, start)
+                if run < len(node.hashes):
+                    self._split(node, run)
+                self._release(node, worker)
             i += run
 
     def apply_cleared(self, worker: int) -> None:
@@ -161,22 +170,16 @@ class GlobalTree:
         """Record that `worker` will cache `input_ids` (page-aligned), then evict LRU
         nodes of that worker until it holds at most `capacity_tokens`."""
         whole = len(input_ids) // self.page_size * self.page_size
-        if whole == 0:
-            return
-        tokens = list(input_ids[:whole])
-        path = self._insert_under(self.root, worker, tokens, [None] * (whole // self.page_size))
-        lru = self._lru[worker]
-        for node in path:  # the path's nodes are now the most recently used
-            lru[node] = None
-            lru.move_to_end(node)
+        if whole:
+            tokens = list(input_ids[:whole])
+            path = self._insert_under(self.root, worker, tokens, [None] * (whole // self.page_size))
+            self._touch(worker, path)
+        # Evict even when nothing was inserted: the capacity may have shrunk.
         self._evict_lru(worker, capacity_tokens)
 
     def touch_approximate(self, worker: int, input_ids: Sequence[int]) -> None:
         """Mark the cached part of `input_ids` on `worker` as recently used."""
-        lru = self._lru[worker]
-        for node in self._path_nodes(input_ids, 1 << worker):
-            if node in lru:
-                lru.move_to_end(node)
+        self._touch(worker, self._path_nodes(input_ids, 1 << worker))
 
     # ------------------------------------------------------------------ helpers
 
@@ -199,6 +202,19 @@ class GlobalTree:
             else:
                 hi = mid - 1
         return lo - lo % self.page_size
+
+    @staticmethod
+    def _common_run(a: list, i: int, b: list, j: int, hi: int) -> int:
+        """Length of the longest common run of a[i:] and b[j:], at most `hi` (binary
+        search over slice equality, as in `_common_prefix`)."""
+        lo = 0
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if a[i : i + mid] == b[j : j + mid]:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
 
     @staticmethod
     def _record_dropouts(matched: list[int], dropped_mask: int, depth: int) -> None:
@@ -311,17 +327,33 @@ class GlobalTree:
             node = child
         return out
 
+    def _touch(self, worker: int, path: list[_Node]) -> None:
+        """Make the nodes of a root-first `path` the most recently used of `worker`.
+
+        They are moved deepest first, so an ancestor always ends up more recent than its
+        descendants; the oldest node of a worker is then one of its leaves (splits may
+        break this locally, which `_evict_lru` tolerates).
+        """
+        lru = self._lru[worker]
+        for node in reversed(path):
+            lru[node] = None
+            lru.move_to_end(node)
+
     def _evict_lru(self, worker: int, capacity_tokens: int) -> None:
+        """Release `worker`'s least recently used leaves until it fits `capacity_tokens`.
+
+        Like SGLang's radix cache, only leaves (of this worker's part of the tree) go:
+        when the oldest node still has a held child, a held leaf below it goes instead.
+        Every step releases one node, so the loop ends and the capacity always holds.
+        """
         lru, bit = self._lru[worker], 1 << worker
-        guard = len(lru)
-        while self._tokens_held[worker] > capacity_tokens and lru and guard >= 0:
+        while self._tokens_held[worker] > capacity_tokens and lru:
             node = next(iter(lru))
-            if any(child.holders & bit for child in node.children.values()):
-                # An inner node of this worker: its descendants go first (the radix
-                # cache evicts leaves), so requeue it as if just used.
-                lru.move_to_end(node)
-                guard -= 1
-                continue
+            while True:
+                below = next((c for c in node.children.values() if c.holders & bit), None)
+                if below is None:
+                    break
+                node = below
             self._release(node, worker)
 
     def _iter_nodes(self):
