@@ -1,0 +1,40 @@
+"""`python -m sglang_ext.bench SUBCOMMAND [options]`: routing-core micro-benchmarks.
+
+Examples:
+    python -m sglang_ext.bench policies
+    python -m sglang_ext.bench policies --workers 2,8 --requests 2000 --out runs/b.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module exposing add_arguments(parser) and run(args) -> int, one-line help).
+# Adding a subcommand is one line here plus its module.
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "policies": ("sglang_ext.bench.policies",
+                 "decision time of every registered policy vs workers and request rate"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m sglang_ext.bench", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="subcommand", required=True, metavar="SUBCOMMAND")
+    modules = {}
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        sub_parser = sub.add_parser(name, help=help_text, description=help_text,
+                                    formatter_class=argparse.RawDescriptionHelpFormatter)
+        # Every module is imported to declare its options (for --help); keep their
+        # top-level imports light.
+        modules[name] = importlib.import_module(module_name)
+        modules[name].add_arguments(sub_parser)
+    args = parser.parse_args(argv)
+    return modules[args.subcommand].run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
