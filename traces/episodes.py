@@ -44,19 +44,21 @@ def assemble(arrivals_s: np.ndarray, episodes: Iterator[Episode], concurrent_epi
     slots: list[tuple[int, Episode, int] | None] = [None] * concurrent_episodes
     picks = rng.integers(0, concurrent_episodes, size=len(arrivals_s))
     episode_count = 0
-    out: list[TraceRequest] = []
-    for i, (t, slot) in enumerate(zip(arrivals_s.tolist(), picks.tolist())):
+    chosen: list[tuple[int, Episode, int]] = []
+    for slot in picks.tolist():
         state = slots[slot]
         if state is None or state[2] >= len(state[1].turns):
             state = (episode_count, next(episodes), 0)
             episode_count += 1
-        number, episode, turn_index = state
-        slots[slot] = (number, episode, turn_index + 1)
+        slots[slot] = (state[0], state[1], state[2] + 1)
+        chosen.append(state)
+    token_lists = tokenizer.encode_many([episode.turns[turn].prompt for _, episode, turn in chosen])
+    out: list[TraceRequest] = []
+    for i, (t, (number, episode, turn_index), ids) in enumerate(zip(arrivals_s.tolist(), chosen, token_lists)):
         turn = episode.turns[turn_index]
         output = int(lengths[i]) if lengths is not None else turn.output_tokens
         if output is None:
             raise ValueError("internal: a turn without a true output length and no length distribution")
-        ids = tokenizer.encode(turn.prompt)
         out.append(TraceRequest(
             id=f"{id_prefix}-{i:06d}", arrival_s=float(t), max_new_tokens=max_new_tokens,
             output_tokens=output, prompt=turn.prompt, input_ids=ids if token_ids else None,

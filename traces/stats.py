@@ -57,14 +57,12 @@ def compute(trace: Trace, page_tokens: int = 16, tokenizer: str | None = None) -
     reqs = trace.requests
     if page_tokens < 1:
         raise ValueError("--page-tokens must be >= 1")
-    tok = None
-    token_lists = []
-    for r in reqs:
-        if r.input_ids:
-            token_lists.append(r.input_ids)
-        else:
-            tok = tok or load_tokenizer(tokenizer or trace.header.tokenizer)
-            token_lists.append(tok.encode(r.prompt or ""))
+    missing = [i for i, r in enumerate(reqs) if not r.input_ids]
+    token_lists: list[list[int]] = [r.input_ids or [] for r in reqs]
+    if missing:
+        tok = load_tokenizer(tokenizer or trace.header.tokenizer)
+        for i, ids in zip(missing, tok.encode_many([reqs[i].prompt or "" for i in missing])):
+            token_lists[i] = ids
     prompt = np.array([len(t) for t in token_lists], dtype=np.int64)
     output = np.array([r.output_tokens for r in reqs], dtype=np.int64)
     cap = np.array([r.max_new_tokens for r in reqs], dtype=np.int64)

@@ -24,6 +24,14 @@ class Tokenizer:
     def encode(self, text: str) -> list[int]:
         return self._tok.encode(text, add_special_tokens=False).ids
 
+    def encode_many(self, texts: list[str], chunk: int = 128) -> list[list[int]]:
+        """Batch encoding (Rust threads); chunked so long traces do not hold every
+        Encoding object, with its offsets, in memory at once."""
+        out: list[list[int]] = []
+        for start in range(0, len(texts), chunk):
+            out += [e.ids for e in self._tok.encode_batch(texts[start:start + chunk], add_special_tokens=False)]
+        return out
+
     def count(self, text: str) -> int:
         return len(self.encode(text))
 
