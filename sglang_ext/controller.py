@@ -32,6 +32,7 @@ from sglang_ext import completions
 from sglang_ext.kv_events import EventFeedConfig, KVEventSubscriber
 from sglang_ext.policies import POLICIES, LengthSource, Request
 from sglang_ext.router import Router, RouterConfig
+from sglang_ext.status import ENV_STATUS_FILE, StatusWriter
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +70,7 @@ class PrefixAwareController(DataParallelController):
         name = _policy_name(stock)
         self.router: Router | None = None
         self.kv_subscriber: KVEventSubscriber | None = None
+        self.status_writer: StatusWriter | None = None
         if name is None:
             logger.info("controller: keeping SGLang's %s dispatch, with a blocking event loop", stock)
             return
@@ -89,6 +91,8 @@ class PrefixAwareController(DataParallelController):
         # Our ledger is exact; the stock 20 ms snapshot refresh is not needed.
         self.refresh_load_budget_on_dispatch = False
         self.dispatched_by_worker = [0] * self.max_dp_size
+        status_path = os.environ.get(ENV_STATUS_FILE)
+        self.status_writer = StatusWriter(status_path) if status_path else None
 
     # ---------------------------------------------------------------- dispatch
 
@@ -100,15 +104,19 @@ class PrefixAwareController(DataParallelController):
             max_new_tokens=_max_new_tokens(req),
         )
         if req.routed_dp_rank is not None:
-            # The client pinned a rank: honour it (the stock helper validates it), and
-            # still account for the load it adds.
+            # The client pinned a rank: honour it (the stock helper validates it and
+            # raises for a dead rank), and still account for the load it adds.
             self.maybe_external_dp_rank_routing(req)
             worker = req.routed_dp_rank
-            self.router.record_dispatch(request, worker, self.router.cached_tokens(request)[worker], now)
+            cached = self.router.cached_tokens(request)
+            self.router.record_dispatch(request, worker, cached[worker], now)
         else:
             worker = self.router.route(request, now)
+            cached = self.router.last_cached_tokens
             sock_send(self.workers[worker], req)
         self.dispatched_by_worker[worker] += 1
+        if self.status_writer is not None:
+            self.status_writer.record_decision(req.rid, worker, cached, now)
 
     def update_active_ranks(self, ranks) -> None:
         super().update_active_ranks(ranks)
@@ -140,7 +148,37 @@ class PrefixAwareController(DataParallelController):
             if self.recv_from_tokenizer in ready:
                 self._drain_tokenizer()
             if self.router is not None:
-                self.router.expire(time.monotonic())
+                now = time.monotonic()
+                self.router.expire(now)
+                if self.status_writer is not None:
+                    if ready:
+                        self.status_writer.mark_dirty()
+                    self.status_writer.maybe_write(now, self.status_snapshot)
+
+    def status_snapshot(self) -> dict:
+        router = self.router
+        tree = router.tree
+        return {
+            "policy": router.config.policy,
+            "length_source": router.config.length_source.value,
+            "mirror": "exact" if router.config.exact_mirror else "approximate",
+            "loads": [dict(
+                requests=ld.requests, queued_requests=ld.queued_requests,
+                queued_prefill_tokens=ld.queued_prefill_tokens,
+                pending_decode_tokens=ld.pending_decode_tokens, kv_tokens_used=ld.kv_tokens_used,
+                kv_capacity_tokens=ld.kv_capacity_tokens, alive=ld.alive,
+            ) for ld in router.ledger.loads],
+            "in_flight": len(router.ledger),
+            "expired": router.ledger.expired,
+            "dispatched_by_worker": self.dispatched_by_worker,
+            "tree": {
+                "pages_indexed": tree.num_pages_indexed(),
+                "tokens_held": [tree.tokens_held(w) for w in range(tree.num_workers)],
+                "uncertain_mask": tree.uncertain_mask, "skipped_pages": tree.skipped_pages,
+            },
+            "kv_events": self.kv_subscriber.applier.stats if self.kv_subscriber else None,
+            "bad_reports": self.bad_reports,
+        }
 
     def _drain_tokenizer(self) -> None:
         while True:

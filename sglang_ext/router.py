@@ -45,6 +45,7 @@ class Router:
         self.tree = GlobalTree(config.num_workers, config.page_size)
         self.ledger = LoadLedger(config.num_workers, config.kv_capacity_tokens, config.ledger_expiry_s)
         self._zeros = [0] * config.num_workers
+        self.last_cached_tokens: list[int] = self._zeros  # the view of the latest decision
         logger.info(
             "router: policy=%s workers=%d mirror=%s length_source=%s",
             config.policy, config.num_workers,
@@ -57,6 +58,7 @@ class Router:
         cached = self.cached_tokens(request) if self.policy.uses_prefix_match else self._zeros
         view = ClusterView(now_s, cached, self.ledger.loads, self.config.page_size)
         worker = self.policy.choose(request, view)
+        self.last_cached_tokens = cached
         self.record_dispatch(request, worker, cached[worker], now_s)
         return worker
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import glob
+import json
 import os
 import signal
 import socket
@@ -25,6 +26,8 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+
+from sglang_ext.status import ENV_STATUS_FILE
 
 LOCK_PATH = "/tmp/sglang_ext_server.lock"
 
@@ -55,6 +58,7 @@ class ServerSpec:
     extra_args: list[str] = field(default_factory=list)
     port: int = 0
     startup_timeout_s: float = 240.0
+    env: dict[str, str] = field(default_factory=dict)
 
 
 class SGLangServer:
@@ -65,6 +69,7 @@ class SGLangServer:
         self.port = spec.port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
+        self.status_path = log_path + ".status.json"
         self.proc: subprocess.Popen | None = None
 
     def command(self) -> list[str]:
@@ -82,9 +87,12 @@ class SGLangServer:
 
     def start(self) -> None:
         self._log = open(self.log_path, "ab")
+        env = cpu_env(self.spec.dp_size)
+        env[ENV_STATUS_FILE] = self.status_path
+        env.update(self.spec.env)
         self.proc = subprocess.Popen(
             self.command(), stdout=self._log, stderr=subprocess.STDOUT,
-            env=cpu_env(self.spec.dp_size), start_new_session=True,
+            env=env, start_new_session=True,
         )
         deadline = time.monotonic() + self.spec.startup_timeout_s
         while time.monotonic() < deadline:
@@ -120,6 +128,25 @@ class SGLangServer:
         if getattr(self, "_log", None):
             self._log.close()
         cleanup_leftovers()
+
+    def status(self) -> dict | None:
+        """The controller's latest status file (see `sglang_ext.status`), if any."""
+        try:
+            with open(self.status_path) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return None
+
+    def wait_status(self, predicate, timeout_s: float = 10.0) -> dict | None:
+        """Poll the status file until `predicate(status)` holds; returns the last one."""
+        deadline = time.monotonic() + timeout_s
+        status = self.status()
+        while time.monotonic() < deadline:
+            status = self.status()
+            if status is not None and predicate(status):
+                return status
+            time.sleep(0.1)
+        return status
 
     def controller_pid(self) -> int | None:
         """The pid of the data-parallel controller process (its title is set by SGLang)."""

@@ -1,0 +1,124 @@
+"""Our controller inside real SGLang (CPU, dp=2, tiny model, KV events on, loopback).
+
+One server for the whole module, started with `prefix_length_aware` and a small KV pool
+(`--max-total-tokens 3072`) so that the eviction test really evicts.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import psutil
+import pytest
+
+from conftest import generate, post_json, sglang_server
+
+pytestmark = pytest.mark.sglang
+
+KV_TOKENS = 3072
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with sglang_server(tmp_path_factory, load_balance_method="prefix_length_aware",
+                       max_total_tokens=KV_TOKENS) as srv:
+        yield srv
+
+
+def ids(rng: random.Random, n: int) -> list[int]:
+    return [rng.randrange(10, 1000) for _ in range(n)]
+
+
+def meta(reply: dict) -> dict:
+    return reply["meta_info"]
+
+
+def test_every_request_of_a_concurrent_batch_is_answered(server):
+    rng = random.Random(1)
+    prompts = [ids(rng, 40) for _ in range(12)]
+    with ThreadPoolExecutor(6) as pool:
+        replies = list(pool.map(lambda p: generate(server.url, input_ids=p, max_new_tokens=6), prompts))
+    assert len(replies) == 12
+    assert all(meta(r)["completion_tokens"] == 6 for r in replies)
+    assert {meta(r)["dp_rank"] for r in replies} <= {0, 1}
+
+
+def test_shared_prefix_lands_on_one_rank_and_hits_its_cache(server):
+    rng = random.Random(2)
+    prefix = ids(rng, 200)
+    replies = [generate(server.url, input_ids=prefix + ids(rng, 10), max_new_tokens=4) for _ in range(5)]
+    ranks = [meta(r)["dp_rank"] for r in replies]
+    assert len(set(ranks)) == 1, ranks
+    assert all(meta(r)["cached_tokens"] >= 200 for r in replies[1:]), [meta(r)["cached_tokens"] for r in replies]
+
+
+def test_pinned_requests_go_to_their_rank(server):
+    rng = random.Random(3)
+    for rank in (1, 0, 1):
+        reply = generate(server.url, input_ids=ids(rng, 30), max_new_tokens=2, routed_dp_rank=rank)
+        assert meta(reply)["dp_rank"] == rank
+
+
+def test_mirror_agrees_with_the_cached_tokens_workers_report_under_eviction(server):
+    """Fill both workers' KV pools past capacity with 12 prefix families, then probe every
+    family with a fresh suffix: for each probe the mirror's figure for the chosen worker
+    (recorded at dispatch) must equal the cached_tokens that worker reports."""
+    rng = random.Random(4)
+    families = [ids(rng, 300) for _ in range(12)]  # 3,600 tokens of prefixes > one pool
+    for prefix in families:
+        generate(server.url, input_ids=prefix + ids(rng, 5), max_new_tokens=4)
+    time.sleep(0.5)  # let the last events arrive
+    status = server.wait_status(lambda s: s["kv_events"]["removed_pages"] > 0)
+    assert status["kv_events"]["removed_pages"] > 0, "the pool never evicted: test is not exercising eviction"
+    mismatches = []
+    for i, prefix in enumerate(families):
+        rid = f"probe-{i}-{uuid.uuid4().hex[:6]}"
+        reply = generate(server.url, input_ids=prefix + ids(rng, 5), max_new_tokens=2, rid=rid)
+        decision = server.wait_status(lambda s: any(d["rid"] == rid for d in s["recent_decisions"]))
+        record = next(d for d in decision["recent_decisions"] if d["rid"] == rid)
+        assert record["worker"] == meta(reply)["dp_rank"]
+        mirrored = record["cached_tokens"][record["worker"]]
+        if mirrored != meta(reply)["cached_tokens"]:
+            mismatches.append((i, mirrored, meta(reply)["cached_tokens"]))
+        time.sleep(0.2)  # sequential probes: the events of one land before the next
+    assert not mismatches, f"(family, mirror, worker) disagreements: {mismatches}"
+    assert status["tree"]["uncertain_mask"] == 0
+    assert max(status["tree"]["tokens_held"]) <= KV_TOKENS
+
+
+def test_flush_cache_reaches_both_workers(server):
+    rng = random.Random(5)
+    for rank in (0, 1):
+        generate(server.url, input_ids=ids(rng, 50), max_new_tokens=2, routed_dp_rank=rank)
+    status = server.wait_status(lambda s: all(t > 0 for t in s["tree"]["tokens_held"]))
+    assert all(t > 0 for t in status["tree"]["tokens_held"])
+    cleared_before = status["kv_events"]["cleared"]
+    code, _ = post_json(server.url, "/flush_cache")
+    assert code == 200
+    status = server.wait_status(lambda s: s["kv_events"]["cleared"] >= cleared_before + 2)
+    assert status["kv_events"]["cleared"] >= cleared_before + 2  # one AllBlocksCleared per rank
+    assert status["tree"]["tokens_held"] == [0, 0]
+
+
+def test_ledger_returns_to_zero_when_all_requests_finish(server):
+    rng = random.Random(6)
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda _: generate(server.url, input_ids=ids(rng, 60), max_new_tokens=8), range(8)))
+    status = server.wait_status(lambda s: s["in_flight"] == 0, timeout_s=10)
+    assert status["in_flight"] == 0
+    for load in status["loads"]:
+        assert (load["requests"], load["queued_requests"], load["queued_prefill_tokens"],
+                load["pending_decode_tokens"], load["kv_tokens_used"]) == (0, 0, 0, 0, 0), load
+    assert status["expired"] == 0 and status["bad_reports"] == 0
+
+
+def test_controller_is_idle_when_no_requests_arrive(server):
+    pid = server.controller_pid()
+    assert pid is not None
+    proc = psutil.Process(pid)
+    proc.cpu_percent(None)
+    time.sleep(3.0)
+    assert proc.cpu_percent(None) < 5.0
