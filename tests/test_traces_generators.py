@@ -136,3 +136,23 @@ def test_same_seed_gives_byte_identical_file(tmp_path, kind):
         paths.append(path.read_bytes())
     assert paths[0] == paths[1]
     assert paths[0] != paths[2]
+
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=40, deadline=None)
+@given(steps=st.lists(st.tuples(st.floats(0, 50), st.floats(0.1, 20)), min_size=1, max_size=4),
+       process=st.sampled_from(["poisson", "gamma"]), cv=st.floats(0.2, 4), seed=st.integers(0, 2**32 - 1))
+def test_arrivals_are_sorted_and_inside_the_schedule(steps, process, cv, seed):
+    cfg = ArrivalConfig(process, cv=cv, steps=tuple(steps))
+    if sum(r * d for r, d in steps) <= 0:
+        with pytest.raises(ValueError):
+            cfg.check()
+        return
+    t = arrival_times(cfg, np.random.default_rng(seed))
+    assert np.all(np.diff(t) >= 0) and (len(t) == 0 or (t[0] >= 0 and t[-1] <= cfg.total_duration_s))
+    bounds = np.concatenate([[0.0], np.cumsum([d for _, d in steps])])
+    for (rate, _), a, b in zip(steps, bounds, bounds[1:]):
+        if rate == 0:
+            assert not np.any((t > a + 1e-6) & (t < b - 1e-6))   # no arrival inside a pause

@@ -28,6 +28,10 @@ exit codes: 0 ok, 2 bad input, 1 runtime failure
 """
 
 
+class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    pass
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):   # one line, no usage dump
         self.exit(2, f"{self.prog}: error: {message}\n")
@@ -44,7 +48,7 @@ def _common_options(p: argparse.ArgumentParser, defaults: CommonConfig) -> None:
     g.add_argument("--steps", default=None, help="rate steps RATE_RPS:DURATION_S,... (replace --rate-rps/--duration-s)")
     g.add_argument("--output-lengths", default=defaults.output_lengths,
                    help="true output lengths as VALUE:WEIGHT,... e.g. 1:0.5,300:0.5"
-                        + (" (default: the real lengths)" if defaults.output_lengths is None else f" (default {defaults.output_lengths})"))
+                        + ("; unset: the real reply lengths" if defaults.output_lengths is None else ""))
     g.add_argument("--length-sampler", choices=SAMPLERS, default=defaults.length_sampler,
                    help="stratified: each value's count is its share of n (every value occurs); iid: independent draws")
     g.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens, help="cap sent with each request")
@@ -70,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     from traces.sharegpt import ShareGPTConfig
     from traces.toolbench import ToolbenchConfig
 
-    fmt = argparse.RawDescriptionHelpFormatter
+    fmt = _Formatter
     parser = _Parser(prog="python -m traces", description="Workload traces: generate, replay, stats.",
                      epilog=EXAMPLES, formatter_class=fmt)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
