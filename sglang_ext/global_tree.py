@@ -25,8 +25,9 @@ logical access counter, never a wall clock, so the simulator can host it unchang
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Sequence
+from itertools import repeat
 
 
 class _Node:
@@ -49,6 +50,11 @@ class GlobalTree:
         self.num_workers = num_workers
         self.page_size = page_size
         self.root = _Node([], [], None)
+        self._all_workers = (1 << num_workers) - 1
+        # `_spread` writes worker masks as '0'/'1' strings; these tables turn each
+        # character into the level index k it stands for (see `_spread`).
+        self._mask_format = f"0{num_workers}b"
+        self._lane_tables: list[bytes] = []
         self._by_hash: dict[int, _Node] = {}
         self._held: list[set[_Node]] = [set() for _ in range(num_workers)]
         self._tokens_held = [0] * num_workers
@@ -61,29 +67,35 @@ class GlobalTree:
     # ------------------------------------------------------------------ queries
 
     def match(self, input_ids: Sequence[int]) -> list[int]:
-        """Tokens of `input_ids`' longest cached prefix on each worker (page-aligned)."""
+        """Tokens of `input_ids`' longest cached prefix on each worker (page-aligned).
+
+        One walk down the tree: a worker leaves the walk at the first node it does not
+        hold, so it matched everything before that node (a holder holds all of a node).
+        """
         ids = input_ids if isinstance(input_ids, list) else list(input_ids)
-        matched = [0] * self.num_workers
-        alive_mask = (1 << self.num_workers) - 1  # workers still matching
-        node, pos, n = self.root, 0, len(ids)
-        while alive_mask and n - pos >= self.page_size:
-            child = node.children.get(self._key(ids, pos))
+        page = self.page_size
+        alive = self._all_workers  # workers that hold every node walked so far
+        node, pos, last = self.root, 0, len(ids) - page
+        levels: list[tuple[int, int]] = []  # (workers that stopped, tokens they matched)
+        while alive and pos <= last:
+            child = node.children.get(ids[pos] if page == 1 else tuple(ids[pos : pos + page]))
             if child is None:
                 break
-            length = len(child.tokens)
-            if ids[pos : pos + length] == child.tokens:
-                common = length
-            else:
-                common = self._common_prefix(ids, pos, child.tokens)
-            still = alive_mask & child.holders
-            self._record_dropouts(matched, alive_mask & ~still, pos)
-            alive_mask = still
+            tokens = child.tokens
+            length = len(tokens)
+            # One C-level compare for the usual case (the whole node matches); the
+            # galloping search only runs on the node where the prompt diverges.
+            common = length if ids[pos : pos + length] == tokens else self._common_prefix(ids, pos, tokens)
+            still = alive & child.holders
+            if still != alive:
+                levels.append((alive ^ still, pos))
+                alive = still
             pos += common
             if common < length:
                 break
             node = child
-        self._record_dropouts(matched, alive_mask, pos)
-        return matched
+        levels.append((alive, pos))
+        return self._spread(levels)
 
     def tokens_held(self, worker: int) -> int:
         return self._tokens_held[worker]
@@ -121,7 +133,7 @@ class GlobalTree:
             cut = node.hashes.index(parent_hash) + 1
             if cut < len(node.hashes):
                 self._split(node, cut)
-        self._insert_under(node, worker, list(token_ids), list(block_hashes))
+        self._insert_under(node, worker, list(token_ids), list(block_hashes), merge=True)
 
     def apply_removed(self, worker: int, block_hashes: Sequence[int]) -> None:
         """A `BlockRemoved` event: `worker` no longer holds these pages.
@@ -150,13 +162,18 @@ class GlobalTree:
                     node = self._split(node, start)
                 if run < len(node.hashes):
                     self._split(node, run)
-                self._release(node, worker)
+                self._merge_around(self._release(node, worker))
             i += run
 
     def apply_cleared(self, worker: int) -> None:
         """An `AllBlocksCleared` event (or a resync): forget everything `worker` holds."""
+        exact = not self._lru[worker]
         for node in list(self._held[worker]):
-            self._release(node, worker)
+            if node.parent is None:
+                continue  # absorbed into its parent by an earlier merge of this loop
+            survivor = self._release(node, worker)
+            if exact:
+                self._merge_around(survivor)
         self._lru[worker].clear()
 
     def mark_uncertain(self, worker: int, uncertain: bool = True) -> None:
@@ -191,17 +208,28 @@ class GlobalTree:
     def _common_prefix(self, ids: list[int], pos: int, tokens: list[int]) -> int:
         """Length (page-aligned) of the common prefix of ids[pos:] and tokens.
 
-        Binary search over slice equality: O(log n) C-speed compares rather than a
-        per-token Python loop (the same reason SGLang gallops in its radix cache).
+        Galloping, then binary search, over slice equality, comparing only the window
+        not yet known to be equal: O(common length) C-speed element compares and
+        O(log) slices, never a per-token Python loop (SGLang gallops for the same
+        reason). Slicing whole prefixes at every step would cost O(n log n).
         """
-        lo, hi = 0, min(len(tokens), len(ids) - pos)
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if ids[pos : pos + mid] == tokens[:mid]:
+        page = self.page_size
+        n = min(len(tokens), len(ids) - pos) // page  # whole pages that can match
+        lo, hi, step = 0, n, 1  # invariant: the first `lo` pages are equal
+        while lo < n:
+            hi = min(n, lo + step)
+            if ids[pos + lo * page : pos + hi * page] != tokens[lo * page : hi * page]:
+                break
+            lo, step = hi, step * 2
+        else:
+            return lo * page
+        while hi - lo > 1:  # the first `hi` pages differ somewhere after page `lo`
+            mid = (lo + hi) // 2
+            if ids[pos + lo * page : pos + mid * page] == tokens[lo * page : mid * page]:
                 lo = mid
             else:
-                hi = mid - 1
-        return lo - lo % self.page_size
+                hi = mid
+        return lo * page
 
     @staticmethod
     def _common_run(a: list, i: int, b: list, j: int, hi: int) -> int:
@@ -216,12 +244,33 @@ class GlobalTree:
                 hi = mid - 1
         return lo
 
-    @staticmethod
-    def _record_dropouts(matched: list[int], dropped_mask: int, depth: int) -> None:
-        while dropped_mask:
-            low = dropped_mask & -dropped_mask
-            matched[low.bit_length() - 1] = depth
-            dropped_mask ^= low
+    def _spread(self, levels: list[tuple[int, int]]) -> list[int]:
+        """Per-worker matched tokens from disjoint (worker mask, tokens) levels.
+
+        A Python loop over set bits costs ~0.1 us per worker; at many workers the masks
+        are instead turned into byte lanes with C-level string and int operations: lane
+        w of sum_k k * lanes(mask_k) is the level index of worker w, then one `map`
+        looks up its token count.
+        """
+        n = self.num_workers
+        if n <= 16 or len(levels) > 255:
+            matched = [0] * n
+            for mask, depth in levels:
+                while mask:
+                    low = mask & -mask
+                    matched[low.bit_length() - 1] = depth
+                    mask ^= low
+            return matched
+        tables, fmt = self._lane_tables, self._mask_format
+        while len(tables) <= len(levels):
+            k = len(tables)
+            tables.append(bytes(k if c == 49 else 0 for c in range(256)))  # ord("1") == 49
+        lanes, depths = 0, [0]
+        for k, (mask, depth) in enumerate(levels, 1):
+            if mask:
+                lanes += int.from_bytes(format(mask, fmt).encode().translate(tables[k]), "big")
+            depths.append(depth)
+        return list(map(depths.__getitem__, lanes.to_bytes(n, "little")))
 
     def _split(self, node: _Node, pages: int) -> _Node:
         """Split `node` after `pages` pages; returns the new tail node (the child)."""
@@ -233,9 +282,7 @@ class GlobalTree:
         tail.holders = node.holders
         node.tokens, node.hashes = node.tokens[:cut], node.hashes[:pages]
         node.children = {self._key(tail.tokens, 0): tail}
-        for h in tail.hashes:
-            if h is not None:
-                self._by_hash[h] = tail
+        self._index(tail)
         holders = tail.holders
         while holders:
             low = holders & -holders
@@ -254,40 +301,94 @@ class GlobalTree:
             self._held[worker].add(node)
             self._tokens_held[worker] += len(node.tokens)
 
-    def _release(self, node: _Node, worker: int) -> None:
+    def _index(self, node: _Node) -> None:
+        """Point `_by_hash` at `node` for each of its pages (C-speed; approximate-mode
+        nodes carry no hashes, all None)."""
+        if node.hashes and node.hashes[0] is not None:
+            self._by_hash.update(zip(node.hashes, repeat(node)))
+
+    def _release(self, node: _Node, worker: int) -> _Node:
+        """Drop `worker` from `node`, prune what is left unheld; returns the node or,
+        when it was pruned, its nearest surviving ancestor."""
         bit = 1 << worker
         if node.holders & bit:
             node.holders &= ~bit
             self._held[worker].discard(node)
             self._lru[worker].pop(node, None)
             self._tokens_held[worker] -= len(node.tokens)
-        self._prune(node)
+        return self._prune(node)
 
-    def _prune(self, node: _Node) -> None:
-        """Delete `node` and then its ancestors while they are unheld leaves."""
+    def _prune(self, node: _Node) -> _Node:
+        """Delete `node` and then its ancestors while they are unheld leaves; returns
+        the first node kept."""
+        by_hash = self._by_hash
         while node is not self.root and not node.holders and not node.children:
             parent = node.parent
             del parent.children[self._key(node.tokens, 0)]
-            for h in node.hashes:
-                if h is not None and self._by_hash.get(h) is node:
-                    del self._by_hash[h]
+            if node.hashes and node.hashes[0] is not None:
+                # Each page hash lives in exactly one node (the tests check it), so the
+                # pages are unindexed without a per-page Python loop.
+                deque(map(by_hash.pop, node.hashes, repeat(None)), maxlen=0)
             node.parent = None
             node = parent
+        return node
+
+    def _merge_around(self, node: _Node) -> None:
+        """Undo fragmentation next to a node whose holders or children just changed.
+
+        A node and its only child with the same holders are one run of pages to every
+        worker, so they become one node again: `match` then walks fewer nodes and the
+        tree does not fragment over time. Exact mode only: approximate mode keeps its
+        nodes as the workers' radix caches do, since it evicts whole nodes.
+        """
+        if node is self.root:
+            return
+        if len(node.children) == 1:
+            child = next(iter(node.children.values()))
+            if child.holders == node.holders:
+                self._absorb(node, child)
+        parent = node.parent
+        if parent is not self.root and len(parent.children) == 1 and parent.holders == node.holders:
+            self._absorb(parent, node)
+
+    def _absorb(self, node: _Node, child: _Node) -> None:
+        """Append `child` (the only child, same holders) to `node`."""
+        node.tokens += child.tokens
+        node.hashes += child.hashes
+        node.children = child.children
+        for grandchild in node.children.values():
+            grandchild.parent = node
+        if child.hashes and child.hashes[0] is not None:
+            self._by_hash.update(zip(child.hashes, repeat(node)))
+        holders = child.holders
+        while holders:
+            low = holders & -holders
+            self._held[low.bit_length() - 1].discard(child)
+            holders ^= low
+        child.parent, child.children = None, {}
 
     def _insert_under(self, node: _Node, worker: int, tokens: list[int],
-                      hashes: list[int | None]) -> list[_Node]:
+                      hashes: list[int | None], merge: bool = False) -> list[_Node]:
         """Make `worker` hold `tokens` below `node`, sharing existing nodes; returns the
-        nodes of the path that now hold them."""
+        nodes of the path that now hold them (`merge`: exact mode, see `_merge_around`;
+        the path is then not meaningful)."""
         page, pos, path = self.page_size, 0, []
         while pos < len(tokens):
             key = self._key(tokens, pos)
             child = node.children.get(key)
             if child is None:
-                child = _Node(tokens[pos:], hashes[pos // page :], node)
+                if (merge and node is not self.root and not node.children
+                        and node.holders == 1 << worker):
+                    # The worker extends a chain only it holds (a growing conversation,
+                    # decode pages): append in place instead of adding a node.
+                    node.tokens += tokens[pos:]
+                    node.hashes += hashes[pos // page :]
+                    self._by_hash.update(zip(hashes[pos // page :], repeat(node)))
+                    self._tokens_held[worker] += len(tokens) - pos
+                    break
+                child = _Node(tokens[pos:] if pos else tokens, hashes[pos // page :] if pos else hashes, node)
                 node.children[key] = child
-                for h in child.hashes:
-                    if h is not None:
-                        self._by_hash[h] = child
+                self._index(child)
                 self._hold(child, worker)
                 path.append(child)
                 break
@@ -305,7 +406,13 @@ class GlobalTree:
             # Equal tokens under another hash (a LoRA or cache-salt namespace) share the
             # node: matching is by tokens; removals by the other hash are not found and
             # are ignored (see module docs).
+            holders = child.holders
             self._hold(child, worker)
+            if merge and child.holders != holders:
+                parent = child.parent
+                if parent is not self.root and len(parent.children) == 1 and parent.holders == child.holders:
+                    self._absorb(parent, child)  # the walk goes on from the merged node
+                    child = parent
             path.append(child)
             pos += common
             node = child

@@ -235,3 +235,48 @@ def test_approximate_never_evicts_an_inner_node_first():
     tree.insert_approximate(0, [6], capacity_tokens=5)  # 6 tokens held: one leaf goes
     assert tree.match([1, 2, 5]) == [2]  # the oldest leaf went, its parent stayed
     assert tree.match([1, 2, 3, 4]) == [4]
+
+
+@pytest.mark.parametrize("workers", [3, 17, 64, 130, 300])
+def test_match_at_many_workers(workers):
+    """Worker w holds the first w % 7 pages of a chain (both spreading paths of `match`)."""
+    page = 2
+    tree = GlobalTree(workers, page_size=page)
+    chain_tokens = list(range(100, 114))  # 7 pages
+    for w in range(workers):
+        depth = w % 7
+        if depth:
+            tree.apply_stored(w, chain(chain_tokens[: depth * page], page), None, chain_tokens[: depth * page])
+    expected = [(w % 7) * page for w in range(workers)]
+    assert tree.match(chain_tokens + [1, 2, 3]) == expected
+    assert tree.match(chain_tokens[:5]) == [min(e, 4) for e in expected]
+    assert tree.match([5, 5]) == [0] * workers
+    tree.mark_uncertain(workers - 1)
+    assert tree.match(chain_tokens) == expected  # uncertainty is the host's call
+
+
+def test_page_by_page_stores_do_not_fragment_the_tree():
+    """Decode pages arrive one per event; the mirror keeps one node per run of pages
+    with the same holders instead of one node per event."""
+    tree = GlobalTree(2, page_size=2)
+    tokens = list(range(40))
+    hashes = chain(tokens, 2)
+    for worker in (0, 1):
+        parent = None
+        for j, h in enumerate(hashes):
+            tree.apply_stored(worker, [h], parent, tokens[2 * j : 2 * j + 2])
+            parent = h
+        assert tree.num_nodes() == 1
+    assert tree.match(tokens) == [40, 40]
+
+
+def test_removal_merges_what_a_split_separated():
+    tree = GlobalTree(2, page_size=1)
+    store(tree, 0, [], [1, 2, 3, 4])
+    c = store(tree, 1, [1, 2], [9, 9])
+    store(tree, 1, [], [1, 2])
+    assert tree.num_nodes() == 3
+    tree.apply_removed(1, c)
+    assert tree.num_nodes() == 2  # [1, 2] held by both, [3, 4] by worker 0 only
+    tree.apply_cleared(1)
+    assert tree.num_nodes() == 1 and tree.match([1, 2, 3, 4]) == [4, 0]
