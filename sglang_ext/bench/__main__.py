@@ -16,6 +16,8 @@ import sys
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "policies": ("sglang_ext.bench.policies",
                  "decision time of every registered policy vs workers and request rate"),
+    "mirror": ("sglang_ext.bench.mirror",
+               "global radix mirror: decision-path time, event pages/s, memory per token"),
 }
 
 
