@@ -32,12 +32,11 @@ from sglang_ext import completions
 from sglang_ext.kv_events import EventFeedConfig, KVEventSubscriber
 from sglang_ext.policies import POLICIES, LengthSource, Request
 from sglang_ext.router import Router, RouterConfig
+from sglang_ext.settings import ENV_LENGTH_SOURCE, ENV_POLICY
 from sglang_ext.status import ENV_STATUS_FILE, StatusWriter
 
 logger = logging.getLogger(__name__)
 
-ENV_POLICY = "SGLANG_EXT_POLICY"
-ENV_LENGTH_SOURCE = "SGLANG_EXT_LENGTH_SOURCE"
 DEFAULT_MAX_NEW_TOKENS = 128  # SGLang's default when a request sets none
 POLL_TIMEOUT_MS = 1000  # housekeeping (ledger expiry) runs at least this often
 

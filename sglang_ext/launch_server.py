@@ -25,7 +25,7 @@ import random
 import socket
 import sys
 
-from sglang_ext.controller import ENV_LENGTH_SOURCE, ENV_POLICY
+from sglang_ext.settings import ENV_LENGTH_SOURCE, ENV_POLICY
 from sglang_ext.policies import POLICIES, LengthSource
 
 SGLANG_ONLY_METHODS = ("auto", "follow_bootstrap_room")

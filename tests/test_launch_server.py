@@ -1,0 +1,76 @@
+"""The launcher's argument handling and start-up errors (no server is started)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from sglang_ext.settings import ENV_LENGTH_SOURCE, ENV_POLICY
+from sglang_ext.launch_server import UsageError, loopback_kv_events_config, translate_args
+from sglang_ext.policies import POLICIES
+
+
+def test_our_policy_reaches_the_controller_and_sglang_sees_a_stock_value():
+    env = {}
+    argv = translate_args(["--model-path", "m", "--load-balance-method", "prefix_length_aware",
+                           "--length-source", "oracle", "--dp-size", "2"], env)
+    assert env[ENV_POLICY] == "prefix_length_aware" and env[ENV_LENGTH_SOURCE] == "oracle"
+    assert argv[argv.index("--load-balance-method") + 1] == "round_robin"
+    assert "--length-source" not in argv
+    kv = json.loads(argv[argv.index("--kv-events-config") + 1])
+    assert kv["endpoint"].startswith("tcp://127.0.0.1:") and kv["bind"] is True
+
+
+def test_equals_form_and_approximate_mirror():
+    env = {}
+    argv = translate_args(["--load-balance-method=total_tokens", "--kv-mirror", "approximate"], env)
+    assert env[ENV_POLICY] == "total_tokens"
+    assert "--kv-events-config" not in argv
+
+
+def test_user_kv_events_config_is_kept():
+    argv = translate_args(["--kv-events-config", '{"publisher": "zmq"}'], {})
+    assert argv.count("--kv-events-config") == 1
+
+
+def test_plugin_is_added_to_a_user_whitelist():
+    env = {"SGLANG_PLUGINS": "other"}
+    translate_args([], env)
+    assert env["SGLANG_PLUGINS"] == "other,prefix_length_dp"
+
+
+@pytest.mark.parametrize("flag", ["--load-balance-method", "--length-source", "--kv-mirror"])
+def test_bad_values_are_usage_errors(flag):
+    with pytest.raises(UsageError):
+        translate_args([flag, "bogus"], {})
+
+
+def test_unknown_method_exits_at_once_with_one_line_listing_valid_values():
+    proc = subprocess.run([sys.executable, "-m", "sglang_ext.launch_server", "--model-path", "x",
+                           "--load-balance-method", "fastest"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "fastest" in lines[0]
+    assert all(name in lines[0] for name in POLICIES)
+
+
+def test_wrong_sglang_version_is_one_clear_line(monkeypatch):
+    import sglang
+
+    from sglang_ext.compat import IncompatibleSGLang, check_sglang
+
+    monkeypatch.setattr(sglang, "__version__", "0.5.9")
+    with pytest.raises(IncompatibleSGLang, match=r"SGLang 0\.5\.9 .* sglang==0\.5\.23"):
+        check_sglang()
+
+
+def test_kv_ports_are_consecutive_per_rank():
+    import random
+
+    cfg = loopback_kv_events_config(4, random.Random(0))
+    pub = int(cfg["endpoint"].rsplit(":", 1)[1])
+    replay = int(cfg["replay_endpoint"].rsplit(":", 1)[1])
+    assert replay == pub + 4
