@@ -99,8 +99,19 @@ class LoadLedger:
         return FinishedRequest(rid, entry.worker, entry.prompt_tokens, entry.uncached_tokens,
                                entry.expected_output_tokens, entry.dispatched_s)
 
-    def expire(self, now_s: float) -> list[str]:
-        """Drop entries dispatched more than `expiry_s` ago; returns their rids.
+    def update_expected_output(self, rid: str, output_tokens: int) -> bool:
+        """Replace a request's expected decode length (a late prediction)."""
+        entry = self._entries.get(rid)
+        if entry is None:
+            return False
+        new = max(0, output_tokens)
+        self.loads[entry.worker].pending_decode_tokens += new - entry.expected_output_tokens
+        entry.expected_output_tokens = new
+        return True
+
+    def expire(self, now_s: float, on_expired=None) -> list[str]:
+        """Drop entries dispatched more than `expiry_s` ago; returns their rids and calls
+        `on_expired(rid, worker)` for each.
 
         Entries are kept in dispatch order, so only the expired head is visited.
         """
@@ -108,14 +119,16 @@ class LoadLedger:
         for rid, entry in self._entries.items():
             if now_s - entry.dispatched_s < self.expiry_s:
                 break
-            expired.append(rid)
-        for rid in expired:
+            expired.append((rid, entry.worker))
+        for rid, worker in expired:
             self._remove(rid)
+            if on_expired is not None:
+                on_expired(rid, worker)
         if expired:
             self.expired += len(expired)
             logger.warning("ledger: %d request(s) never reported finished within %.0f s; "
-                           "dropped (first: %s)", len(expired), self.expiry_s, expired[0])
-        return expired
+                           "dropped (first: %s)", len(expired), self.expiry_s, expired[0][0])
+        return [rid for rid, _ in expired]
 
     def forget_worker(self, worker: int) -> list[str]:
         """Drop every entry of a worker (it died or restarted)."""

@@ -93,7 +93,11 @@ class Router:
         return done
 
     def expire(self, now_s: float) -> list[str]:
-        return self.ledger.expire(now_s)
+        return self.ledger.expire(now_s, lambda rid, worker: self.policy.on_expired(rid, worker, now_s))
+
+    def update_expected_output(self, rid: str, output_tokens: int) -> None:
+        """A length prediction arrived after dispatch: re-weigh the request's decode work."""
+        self.ledger.update_expected_output(rid, output_tokens)
 
     def set_alive(self, worker: int, alive: bool) -> None:
         self.ledger.set_alive(worker, alive)

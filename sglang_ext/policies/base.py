@@ -129,6 +129,10 @@ class Policy(ABC):
     def on_finished(self, rid: str, worker: int, output_tokens: int, now_s: float) -> None:
         """The worker finished the request."""
 
+    def on_expired(self, rid: str, worker: int, now_s: float) -> None:
+        """The host gave up on hearing that the request finished (a lost report); forget
+        it without learning from it."""
+
 
 def least_loaded(candidates: Sequence[int], key) -> int:
     """The candidate with the smallest key; ties go to the lowest index (deterministic)."""

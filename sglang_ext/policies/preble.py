@@ -303,6 +303,11 @@ class Preble(Policy):
         important = self.tree.important_node(entry.leaf)
         self.ttft.add(now_s, important, entry.gpu, max(0.0, now_s - entry.dispatched_s))
 
+    def on_expired(self, rid: str, worker: int, now_s: float) -> None:
+        entry = self._inflight.pop(rid, None)
+        if entry is not None:
+            self.tree.release(entry.leaf, entry.gpu)
+
     def on_finished(self, rid: str, worker: int, output_tokens: int, now_s: float) -> None:
         entry = self._inflight.pop(rid, None)
         if entry is None:
