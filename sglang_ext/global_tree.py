@@ -1,26 +1,38 @@
 """One radix tree over token ids that mirrors every worker's RadixAttention cache.
 
-Design note (the invariants first):
+Design note (the invariants first; `tests/test_global_tree_properties.py` checks them
+against a brute-force model on SGLang-shaped event streams in any interleaving):
 - A node is a run of whole pages (`page_size` tokens each) with the page hashes SGLang
   published for them, and a bitmask `holders` of the workers that hold *every* page of
   the node. Storing or removing part of a node for some worker splits the node first,
   so the invariant always holds.
 - `children` is keyed by the first page's tokens (a tuple; an int when page_size is 1).
-- `_by_hash` maps each page hash to the node that contains it; a node's pages are found
-  with `node.hashes.index(h)` (a C-speed scan of one node).
-- `_held[w]` is the set of nodes worker `w` holds, so clearing a worker touches only its
-  own nodes, never the whole tree.
+- `_by_hash` maps each page hash to the one node that contains it, and holds exactly
+  the pages in the tree; a page is found in its node by checking the last page first
+  (chains grow and leaves go at the end), else `node.hashes.index(h)`.
+- `_held[w]` is the set of nodes worker `w` holds and `_tokens_held[w]` their tokens,
+  so clearing a worker touches only its own nodes, never the whole tree.
 - A node with no holders and no children is deleted at once: evicted pages leave the
-  tree, so memory is bounded by what the workers really cache.
+  tree, so memory is bounded by what the workers really cache (all clear: empty tree).
+- Exact mode only: a node and its only child with the same holders are merged (see
+  `_merge_around`), so page-by-page stores and split-then-evict cycles do not fragment
+  the tree and a match walks few nodes whatever the event history.
 
-Cost: `match` walks the prompt node by node with slice compares (no per-token Python
-loop) and visits each worker once when it drops out: O(prompt pages + workers).
-Applying an event costs O(pages in the event) plus one split per affected node.
+Cost: `match` walks the prompt node by node with one slice compare per node (no
+per-token Python loop; galloping on the node where the prompt diverges) and spreads the
+per-worker result with C-level operations: O(prompt tokens) C-speed compares plus
+O(nodes on the path + workers / 8) Python steps. The token compares dominate for long
+prompts (~10 ns per token of distinct int objects). Applying an event costs O(pages in
+the event) at C speed plus one split per affected node and O(holders) per split/merge.
 
 Two modes share the structure: *exact* (fed by SGLang's KV events, see `kv_events.py`)
 and *approximate* (`insert_approximate` on dispatch, per-worker LRU eviction bounded by
-the worker's KV capacity) for servers that publish no events. Approximate mode uses a
-logical access counter, never a wall clock, so the simulator can host it unchanged.
+the worker's KV capacity, leaves first) for servers that publish no events. Approximate
+mode uses a logical access order, never a wall clock, so the simulator can host it
+unchanged. A tree is used in one mode: approximate nodes carry no hashes.
+Limitation: pages with equal tokens under another hash namespace (LoRA, cache salt)
+share the first namespace's node; their removals are not found (ignored) and stores
+under their hashes count as skipped.
 """
 
 from __future__ import annotations
@@ -51,6 +63,7 @@ class GlobalTree:
         self.page_size = page_size
         self.root = _Node([], [], None)
         self._all_workers = (1 << num_workers) - 1
+        self._short_node = 64 * page_size  # tokens; see `match`
         # `_spread` writes worker masks as '0'/'1' strings; these tables turn each
         # character into the level index k it stands for (see `_spread`).
         self._mask_format = f"0{num_workers}b"
@@ -83,9 +96,13 @@ class GlobalTree:
                 break
             tokens = child.tokens
             length = len(tokens)
-            # One C-level compare for the usual case (the whole node matches); the
-            # galloping search only runs on the node where the prompt diverges.
-            common = length if ids[pos : pos + length] == tokens else self._common_prefix(ids, pos, tokens)
+            # Short node: one C-level compare, the search only if it fails. Long node:
+            # gallop straight away; a failed full compare would first have paid for
+            # the common part once more (the p99 case: a long prompt diverging deep).
+            if length <= self._short_node and ids[pos : pos + length] == tokens:
+                common = length
+            else:
+                common = self._common_prefix(ids, pos, tokens)
             still = alive & child.holders
             if still != alive:
                 levels.append((alive ^ still, pos))
@@ -218,7 +235,7 @@ class GlobalTree:
         """
         page = self.page_size
         n = min(len(tokens), len(ids) - pos) // page  # whole pages that can match
-        lo, hi, step = 0, n, 1  # invariant: the first `lo` pages are equal
+        lo, hi, step = 0, n, 8  # invariant: the first `lo` pages are equal
         while lo < n:
             hi = min(n, lo + step)
             if ids[pos + lo * page : pos + hi * page] != tokens[lo * page : hi * page]:

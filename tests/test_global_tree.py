@@ -280,3 +280,16 @@ def test_removal_merges_what_a_split_separated():
     assert tree.num_nodes() == 2  # [1, 2] held by both, [3, 4] by worker 0 only
     tree.apply_cleared(1)
     assert tree.num_nodes() == 1 and tree.match([1, 2, 3, 4]) == [4, 0]
+
+
+@pytest.mark.parametrize("page", [1, 16])
+def test_divergence_at_every_position_of_a_long_node(page):
+    """The galloping search on long nodes finds the exact page-aligned divergence."""
+    tokens = list(range(1000, 1000 + 150 * page))
+    tree = GlobalTree(1, page_size=page)
+    tree.apply_stored(0, chain(tokens, page), None, tokens)
+    for k in range(0, len(tokens), 7 if page == 1 else 5):
+        probe = tokens[:k] + [-1] + tokens[k + 1 :]
+        assert tree.match(probe) == [k - k % page]
+        assert tree.match(tokens[:k]) == [k - k % page]
+    assert tree.match(tokens + [5]) == [len(tokens)]
