@@ -1,0 +1,76 @@
+"""Open-loop serving benchmark: Poisson arrivals at a fixed rate into the micro-batching
+predictor; latency = prediction available - arrival, per request."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import threading
+import time
+
+import numpy as np
+
+from .config import BenchConfig, to_dict
+from .serving import AsyncLengthPredictor, LengthPredictor
+
+
+def run_bench(predictor: LengthPredictor, prompts: list[str], cfg: BenchConfig) -> dict:
+    if not prompts:
+        raise ValueError("no prompts to benchmark with")
+    rng = np.random.default_rng(cfg.seed)
+    n = max(1, int(cfg.rate_rps * cfg.duration_s))
+    arrivals = np.cumsum(rng.exponential(1.0 / cfg.rate_rps, size=n))
+    picks = rng.integers(0, len(prompts), size=n)
+    done_at = np.full(n, np.nan)
+    start_at = np.full(n, np.nan)
+    all_done = threading.Event()
+    remaining = [n]
+    lock = threading.Lock()
+
+    def on_result(rid: int, _tokens: int) -> None:
+        done_at[rid] = time.perf_counter()
+        with lock:
+            remaining[0] -= 1
+            if remaining[0] == 0:
+                all_done.set()
+
+    with AsyncLengthPredictor(predictor, cfg.max_batch_size, cfg.max_wait_ms,
+                              on_result=on_result) as apred:
+        t0 = time.perf_counter()
+        for i in range(n):
+            delay = t0 + arrivals[i] - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            start_at[i] = time.perf_counter()  # the real (possibly late) arrival time
+            apred.submit(i, prompts[picks[i]])
+        all_done.wait(timeout=max(60.0, 5 * cfg.duration_s))
+        apred.poll()
+        batch_sizes = list(apred.batch_sizes)
+    lat_ms = (done_at - start_at) * 1000.0
+    ok = lat_ms[~np.isnan(lat_ms)]
+    return {
+        "config": to_dict(cfg),
+        "requests": n, "completed": int(ok.size),
+        "achieved_rate_rps": float(n / (start_at[-1] - start_at[0])) if n > 1 else float("nan"),
+        "latency_ms_mean": float(ok.mean()), "latency_ms_p50": float(np.percentile(ok, 50)),
+        "latency_ms_p90": float(np.percentile(ok, 90)), "latency_ms_p99": float(np.percentile(ok, 99)),
+        "latency_ms_max": float(ok.max()),
+        "mean_batch_size": float(np.mean(batch_sizes)) if batch_sizes else 0.0,
+        "encoder": to_dict(predictor.encoder.cfg),
+        "head": predictor.train_cfg.head,
+    }
+
+
+def format_bench(res: dict) -> str:
+    keys = ["requests", "completed", "achieved_rate_rps", "mean_batch_size", "latency_ms_mean",
+            "latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "latency_ms_max"]
+    lines = ["| metric | value |", "|---|---|"]
+    for k in keys:
+        v = res[k]
+        lines.append(f"| {k} | {v:.2f} |" if isinstance(v, float) else f"| {k} | {v} |")
+    return "\n".join(lines)
+
+
+def save_bench(path: pathlib.Path, res: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(res, indent=2) + "\n")

