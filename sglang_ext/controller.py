@@ -26,13 +26,21 @@ import uuid
 
 import zmq
 from sglang.srt.managers.data_parallel_controller import DataParallelController, LoadBalanceMethod
-from sglang.srt.managers.io_struct import sock_recv, sock_send
+from sglang.srt.managers.io_struct import PickleWrapper, sock_recv, sock_send, wrap_as_pickle
 
 from sglang_ext import completions
 from sglang_ext.kv_events import EventFeedConfig, KVEventSubscriber
+from sglang_ext.length_source import PredictedLengths
 from sglang_ext.policies import POLICIES, LengthSource, Request
 from sglang_ext.router import Router, RouterConfig
-from sglang_ext.settings import ENV_LENGTH_SOURCE, ENV_POLICY
+from sglang_ext.settings import (
+    CLIENT_MAX_NEW_TOKENS_KEY,
+    ENV_LENGTH_MODEL,
+    ENV_LENGTH_SOURCE,
+    ENV_POLICY,
+    ENV_PREDICT_WAIT_MS,
+    ORACLE_OUTPUT_TOKENS_KEY,
+)
 from sglang_ext.status import ENV_STATUS_FILE, StatusWriter
 
 logger = logging.getLogger(__name__)
@@ -70,6 +78,7 @@ class PrefixAwareController(DataParallelController):
         self.router: Router | None = None
         self.kv_subscriber: KVEventSubscriber | None = None
         self.status_writer: StatusWriter | None = None
+        self.lengths: PredictedLengths | None = None
         if name is None:
             logger.info("controller: keeping SGLang's %s dispatch, with a blocking event loop", stock)
             return
@@ -90,6 +99,11 @@ class PrefixAwareController(DataParallelController):
         # Our ledger is exact; the stock 20 ms snapshot refresh is not needed.
         self.refresh_load_budget_on_dispatch = False
         self.dispatched_by_worker = [0] * self.max_dp_size
+        if self.router.config.length_source is LengthSource.PREDICTED:
+            self.lengths = PredictedLengths(
+                os.environ.get(ENV_LENGTH_MODEL), float(os.environ.get(ENV_PREDICT_WAIT_MS, "20")),
+                self._reports_context, getattr(server_args, "tokenizer_path", None) or server_args.model_path,
+            )
         status_path = os.environ.get(ENV_STATUS_FILE)
         self.status_writer = StatusWriter(status_path) if status_path else None
 
@@ -97,11 +111,7 @@ class PrefixAwareController(DataParallelController):
 
     def dispatch_by_policy(self, req) -> None:
         now = time.monotonic()
-        request = Request(
-            rid=req.rid,
-            input_ids=req.input_ids,
-            max_new_tokens=_max_new_tokens(req),
-        )
+        request = _request_of(req)
         if req.routed_dp_rank is not None:
             # The client pinned a rank: honour it (the stock helper validates it and
             # raises for a dead rank), and still account for the load it adds.
@@ -109,13 +119,32 @@ class PrefixAwareController(DataParallelController):
             worker = req.routed_dp_rank
             cached = self.router.cached_tokens(request)
             self.router.record_dispatch(request, worker, cached[worker], now)
+        elif self.lengths is not None and self.lengths.park(req, request, now):
+            return  # dispatched by `_release_predicted` once its length is predicted
         else:
             worker = self.router.route(request, now)
             cached = self.router.last_cached_tokens
             sock_send(self.workers[worker], req)
+        self._count_dispatch(req.rid, worker, cached, now)
+
+    def _release_predicted(self, now: float) -> None:
+        for message, request in self.lengths.collect(now, self.router):
+            # `dispatching_with_trace` unwrapped the time stats after we parked the
+            # request; the wire format needs them wrapped again.
+            if message.time_stats is not None and not isinstance(message.time_stats, PickleWrapper):
+                message.time_stats = wrap_as_pickle(message.time_stats)
+            try:
+                worker = self.router.route(request, now)
+                sock_send(self.workers[worker], message)
+            except Exception as exc:
+                logger.error("controller: could not dispatch rid=%s after prediction: %s", request.rid, exc)
+                continue
+            self._count_dispatch(request.rid, worker, self.router.last_cached_tokens, now)
+
+    def _count_dispatch(self, rid: str, worker: int, cached: list[int], now: float) -> None:
         self.dispatched_by_worker[worker] += 1
         if self.status_writer is not None:
-            self.status_writer.record_decision(req.rid, worker, cached, now)
+            self.status_writer.record_decision(rid, worker, cached, now)
 
     def update_active_ranks(self, ranks) -> None:
         super().update_active_ranks(ranks)
@@ -132,9 +161,11 @@ class PrefixAwareController(DataParallelController):
         event_sockets = self.kv_subscriber.sockets() if self.kv_subscriber else []
         for sock in event_sockets:
             poller.register(sock, zmq.POLLIN)
+        if self.lengths is not None:
+            poller.register(self.lengths.wakeup, zmq.POLLIN)
         while True:
             self.soft_watchdog.feed()
-            ready = dict(poller.poll(POLL_TIMEOUT_MS))
+            ready = dict(poller.poll(self._poll_timeout_ms()))
             # Cache events and reports first: the next dispatch should see them.
             now = time.monotonic()
             for sock in event_sockets:
@@ -146,6 +177,8 @@ class PrefixAwareController(DataParallelController):
                 self._drain_reports()
             if self.recv_from_tokenizer in ready:
                 self._drain_tokenizer()
+            if self.lengths is not None:
+                self._release_predicted(time.monotonic())
             if self.router is not None:
                 now = time.monotonic()
                 self.router.expire(now)
@@ -153,6 +186,12 @@ class PrefixAwareController(DataParallelController):
                     if ready:
                         self.status_writer.mark_dirty()
                     self.status_writer.maybe_write(now, self.status_snapshot)
+
+    def _poll_timeout_ms(self) -> int:
+        deadline = self.lengths.next_deadline_s() if self.lengths is not None else None
+        if deadline is None:
+            return POLL_TIMEOUT_MS
+        return max(0, min(POLL_TIMEOUT_MS, int((deadline - time.monotonic()) * 1000) + 1))
 
     def status_snapshot(self) -> dict:
         router = self.router
@@ -177,6 +216,10 @@ class PrefixAwareController(DataParallelController):
             },
             "kv_events": self.kv_subscriber.applier.stats if self.kv_subscriber else None,
             "bad_reports": self.bad_reports,
+            "length_predictions": None if self.lengths is None else {
+                "predicted_in_time": self.lengths.predicted, "fallbacks": self.lengths.fallbacks,
+                "failed": self.lengths.failed,
+            },
         }
 
     def _drain_tokenizer(self) -> None:
@@ -217,10 +260,27 @@ class PrefixAwareController(DataParallelController):
                     self.router.finished(report.rid, report.output_tokens, now)
 
 
-def _max_new_tokens(req) -> int:
+def _request_of(req) -> Request:
+    """What a policy may know of a tokenized request.
+
+    A client (our trace replay) that forces each output's length rewrites
+    `max_new_tokens` to that length; it then declares the budget it would have sent and
+    the true length in `sampling_params.custom_params`, so that the `max_new_tokens` and
+    `oracle` length sources stay distinct in experiments.
+    """
     params = getattr(req, "sampling_params", None)
     value = getattr(params, "max_new_tokens", None)
-    return int(value) if value is not None else DEFAULT_MAX_NEW_TOKENS
+    max_new = int(value) if value is not None else DEFAULT_MAX_NEW_TOKENS
+    custom = getattr(params, "custom_params", None) or {}
+    oracle = None
+    if isinstance(custom, dict):
+        declared = custom.get(CLIENT_MAX_NEW_TOKENS_KEY)
+        if isinstance(declared, int) and declared > 0:
+            max_new = declared
+        oracle = custom.get(ORACLE_OUTPUT_TOKENS_KEY)
+        oracle = oracle if isinstance(oracle, int) and oracle >= 0 else None
+    return Request(rid=req.rid, input_ids=req.input_ids, max_new_tokens=max_new,
+                   oracle_output_tokens=oracle)
 
 
 __all__ = ["PrefixAwareController", "LoadBalanceMethod"]

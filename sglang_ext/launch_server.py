@@ -6,8 +6,10 @@
 
 Accepts every `sglang.launch_server` flag. `--load-balance-method` takes SGLang's stock
 values (run by our controller with the same semantics and a blocking event loop) and
-ours; `--length-source` (max_new_tokens | predicted | oracle) and `--kv-mirror`
-(auto | events | approximate) are ours. Our values are handed to the controller process
+ours; `--length-source` (max_new_tokens | predicted | oracle), `--length-model DIR`
+(the trained length head; default: length_model/artifacts), `--predict-wait-ms MS` (how
+long a request may wait for its prediction before it is dispatched on the fallback;
+default 20, 0 = never wait) and `--kv-mirror` (auto | events | approximate) are ours. Our values are handed to the controller process
 through the environment, since SGLang's parser would reject them; SGLang itself is told
 `round_robin`.
 
@@ -25,7 +27,7 @@ import random
 import socket
 import sys
 
-from sglang_ext.settings import ENV_LENGTH_SOURCE, ENV_POLICY
+from sglang_ext.settings import ENV_LENGTH_MODEL, ENV_LENGTH_SOURCE, ENV_POLICY, ENV_PREDICT_WAIT_MS
 from sglang_ext.policies import POLICIES, LengthSource
 
 SGLANG_ONLY_METHODS = ("auto", "follow_bootstrap_room")
@@ -75,6 +77,17 @@ def translate_args(argv: list[str], environ: dict) -> list[str]:
         if length_source not in sources:
             raise UsageError(f"unknown --length-source {length_source!r}; valid: {', '.join(sources)}")
         environ[ENV_LENGTH_SOURCE] = length_source
+    length_model = _pop_flag(argv, "--length-model")
+    if length_model is not None:
+        environ[ENV_LENGTH_MODEL] = length_model
+    wait_ms = _pop_flag(argv, "--predict-wait-ms")
+    if wait_ms is not None:
+        try:
+            if float(wait_ms) < 0:
+                raise ValueError
+        except ValueError:
+            raise UsageError(f"--predict-wait-ms must be a number >= 0, got {wait_ms!r}") from None
+        environ[ENV_PREDICT_WAIT_MS] = wait_ms
     mirror = _pop_flag(argv, "--kv-mirror") or "auto"
     if mirror not in ("auto", "events", "approximate"):
         raise UsageError(f"unknown --kv-mirror {mirror!r}; valid: auto, events, approximate")

@@ -182,10 +182,30 @@ def server_lock() -> Iterator[None]:
 def start_server(spec: ServerSpec, log_path: str | None = None) -> Iterator[SGLangServer]:
     """Start a server (waiting for the machine-wide lock), yield it, always stop it."""
     log_path = log_path or f"/tmp/sglang_ext_server_{os.getpid()}_{int(time.time())}.log"
-    with server_lock():
+    with server_lock(), _stop_on_sigterm():
         server = SGLangServer(spec, log_path)
         try:
             server.start()
             yield server
         finally:
             server.stop()
+
+
+@contextlib.contextmanager
+def _stop_on_sigterm() -> Iterator[None]:
+    """Turn SIGTERM into SystemExit while a server runs, so that `finally` blocks stop it
+    (a plain SIGTERM would end the process and orphan the server's process group)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _exit(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, _exit)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -7,4 +7,10 @@ module so that the launcher can validate arguments without importing SGLang.
 
 ENV_POLICY = "SGLANG_EXT_POLICY"
 ENV_LENGTH_SOURCE = "SGLANG_EXT_LENGTH_SOURCE"
-ENV_LENGTH_MODEL = "SGLANG_EXT_LENGTH_MODEL"
+ENV_LENGTH_MODEL = "SGLANG_EXT_LENGTH_MODEL"  # folder of the trained length head
+ENV_PREDICT_WAIT_MS = "SGLANG_EXT_PREDICT_WAIT_MS"  # how long a request may wait for it
+
+# Keys of a request's `sampling_params.custom_params` the controller reads (see
+# `controller._request_of`); traces/replay.py sends them.
+CLIENT_MAX_NEW_TOKENS_KEY = "sglang_ext_max_new_tokens"
+ORACLE_OUTPUT_TOKENS_KEY = "sglang_ext_oracle_output_tokens"

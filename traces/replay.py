@@ -17,6 +17,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 
+from sglang_ext.settings import CLIENT_MAX_NEW_TOKENS_KEY, ORACLE_OUTPUT_TOKENS_KEY
 from traces.format import Trace, TraceRequest
 from traces.metrics import RequestResult, summarize, write_csv
 
@@ -54,6 +55,13 @@ def request_body(req: TraceRequest, cfg: ReplayConfig) -> dict:
     sampling = {"max_new_tokens": req.output_tokens if cfg.force_lengths else req.max_new_tokens}
     if cfg.force_lengths:
         sampling["ignore_eos"] = True
+        # Forcing the length rewrites max_new_tokens; tell our controller what the client
+        # declared and the true length, so that its `max_new_tokens` and `oracle` length
+        # sources stay distinct (stock SGLang passes custom_params through untouched).
+        sampling["custom_params"] = {
+            CLIENT_MAX_NEW_TOKENS_KEY: req.max_new_tokens,
+            ORACLE_OUTPUT_TOKENS_KEY: req.output_tokens,
+        }
     body: dict = {"sampling_params": sampling, "stream": True}
     if req.input_ids:
         body["input_ids"] = list(req.input_ids)
