@@ -18,6 +18,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
                  "decision time of every registered policy vs workers and request rate"),
     "mirror": ("sglang_ext.bench.mirror",
                "global radix mirror: decision-path time, event pages/s, memory per token"),
+    "live-lengths": ("sglang_ext.bench.live_lengths",
+                     "real SGLang dp=2: max_new_tokens vs predicted vs oracle lengths (and round robin)"),
 }
 
 
