@@ -149,7 +149,7 @@ class GlobalTree:
                 return
             cut = self._page_index(node, parent_hash) + 1
             if cut < len(node.hashes):
-                self._split(node, cut)
+                node, _ = self._split(node, cut)
         # Token ints are kept as the event brought them. Interning them (one object per
         # token value) was measured: it halves memory but slows stores ~5x (a dict
         # lookup per token) and `match` ~1.4x (compares then hit scattered objects).
@@ -179,9 +179,9 @@ class GlobalTree:
                 # Splitting a node the worker does not hold would only fragment the
                 # tree, so only held runs are cut out.
                 if start > 0:
-                    node = self._split(node, start)
+                    _, node = self._split(node, start)
                 if run < len(node.hashes):
-                    self._split(node, run)
+                    node, _ = self._split(node, run)
                 self._merge_around(self._release(node, worker))
             i += run
 
@@ -292,27 +292,46 @@ class GlobalTree:
             depths.append(depth)
         return list(map(depths.__getitem__, lanes.to_bytes(n, "little")))
 
-    def _split(self, node: _Node, pages: int) -> _Node:
-        """Split `node` after `pages` pages; returns the new tail node (the child)."""
+    def _split(self, node: _Node, pages: int) -> tuple[_Node, _Node]:
+        """Split `node` after `pages` pages; returns (head, tail), one of them `node`.
+
+        The smaller part moves to a new node, so a split costs O(smaller part) in hash
+        re-indexing: extending, replicating or evicting a long chain page by page
+        splits it near one end every time, and must not cost O(chain) per page.
+        """
         cut = pages * self.page_size
-        tail = _Node(node.tokens[cut:], node.hashes[pages:], node)
-        tail.children = node.children
-        for child in tail.children.values():
-            child.parent = tail
-        tail.holders = node.holders
-        node.tokens, node.hashes = node.tokens[:cut], node.hashes[:pages]
-        node.children = {self._key(tail.tokens, 0): tail}
-        self._index(tail)
-        holders = tail.holders
+        if pages * 2 <= len(node.hashes):
+            # New head above `node`; `node` keeps its children and becomes the tail.
+            parent = node.parent
+            new = head = _Node(node.tokens[:cut], node.hashes[:pages], parent)
+            parent.children[self._key(node.tokens, 0)] = head
+            del node.tokens[:cut], node.hashes[:pages]  # a C memmove, no per-item work
+            head.children = {self._key(node.tokens, 0): node}
+            node.parent = head
+            tail = node
+        else:
+            new = tail = _Node(node.tokens[cut:], node.hashes[pages:], node)
+            tail.children = node.children
+            for child in tail.children.values():
+                child.parent = tail
+            del node.tokens[cut:], node.hashes[pages:]
+            node.children = {self._key(tail.tokens, 0): tail}
+            head = node
+        new.holders = node.holders
+        self._index(new)
+        holders = new.holders
         while holders:
             low = holders & -holders
             w = low.bit_length() - 1
-            self._held[w].add(tail)
+            self._held[w].add(new)
             lru = self._lru[w]
-            if node in lru:  # keep the tail next to its head in LRU order
-                lru[tail] = None
+            if node in lru:
+                # Approximate mode: the new part enters as most recent. A new head is
+                # then more recent than its tail, as `_touch` keeps ancestors; a new
+                # tail is not, which `_evict_lru` tolerates.
+                lru[new] = None
             holders ^= low
-        return tail
+        return head, tail
 
     def _hold(self, node: _Node, worker: int) -> None:
         bit = 1 << worker
@@ -429,7 +448,7 @@ class GlobalTree:
                     # page-aligned keys; guard against malformed input anyway.
                     self.skipped_pages += (len(tokens) - pos) // page
                     break
-                self._split(child, common // page)
+                child, _ = self._split(child, common // page)
             # Equal tokens under another hash (a LoRA or cache-salt namespace) share the
             # node: matching is by tokens; removals by the other hash are not found and
             # are ignored (see module docs).
