@@ -46,6 +46,13 @@ def test_every_request_of_a_concurrent_batch_is_answered(server):
     assert {meta(r)["dp_rank"] for r in replies} <= {0, 1}
 
 
+def test_a_batch_in_one_call_is_answered(server):
+    rng = random.Random(9)
+    reply = generate(server.url, input_ids=[ids(rng, 30) for _ in range(4)], max_new_tokens=3)
+    assert isinstance(reply, list) and len(reply) == 4
+    assert all(meta(r)["completion_tokens"] == 3 for r in reply)
+
+
 def test_shared_prefix_lands_on_one_rank_and_hits_its_cache(server):
     rng = random.Random(2)
     prefix = ids(rng, 200)

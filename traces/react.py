@@ -16,12 +16,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from traces import sources
-from traces.config import CommonConfig, as_dict, streams
-from traces.distributions import DiscreteDistribution
+from traces.common import draw_common
+from traces.config import CommonConfig, as_dict
 from traces.episodes import Episode, Turn, assemble
 from traces.format import TraceHeader, TraceRequest
-from traces.arrivals import arrival_times
-from traces.tokenizer import load_tokenizer
 
 HEAD = (
     "Solve a question answering task by interleaving Thought, Action and Observation steps. "
@@ -92,14 +90,8 @@ def episodes(cfg: ReactConfig, prefixes: list[str], rng: np.random.Generator) ->
 def generate(cfg: ReactConfig) -> tuple[TraceHeader, list[TraceRequest]]:
     cfg.check()
     c = cfg.common
-    dist = DiscreteDistribution.parse(c.output_lengths)
-    if dist.max_value > c.max_new_tokens:
-        raise ValueError(f"output length {dist.max_value} exceeds --max-new-tokens {c.max_new_tokens}")
-    rng = streams(c.seed, ("arrivals", "lengths", "prefixes", "episodes", "slots"))
-    times = arrival_times(c.arrivals, rng["arrivals"])
-    lengths = dist.sample(len(times), rng["lengths"], c.length_sampler)
-    tokenizer = load_tokenizer(c.tokenizer)
-    prefixes = workload_prefixes(cfg, rng["prefixes"])
-    requests = assemble(times, episodes(cfg, prefixes, rng["episodes"]), c.concurrent_episodes, rng["slots"],
-                        lengths, c.max_new_tokens, tokenizer, c.token_ids, "react")
-    return TraceHeader(generator="react", seed=c.seed, config=as_dict(cfg), tokenizer=tokenizer.name), requests
+    d = draw_common(c)
+    prefixes = workload_prefixes(cfg, d.rng["prefixes"])
+    requests = assemble(d.times, episodes(cfg, prefixes, d.rng["episodes"]), c.concurrent_episodes, d.rng["slots"],
+                        d.lengths, c.max_new_tokens, d.tokenizer, c.token_ids, "react")
+    return TraceHeader(generator="react", seed=c.seed, config=as_dict(cfg), tokenizer=d.tokenizer.name), requests

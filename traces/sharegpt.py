@@ -16,12 +16,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from traces import sources
-from traces.arrivals import arrival_times
-from traces.config import CommonConfig, as_dict, streams
-from traces.distributions import DiscreteDistribution
+from traces.common import draw_common
+from traces.config import CommonConfig, as_dict
 from traces.episodes import Episode, Turn, assemble
 from traces.format import TraceHeader, TraceRequest
-from traces.tokenizer import Tokenizer, load_tokenizer
+from traces.tokenizer import Tokenizer
 
 
 @dataclass(frozen=True)
@@ -88,15 +87,8 @@ def episodes(cfg: ShareGPTConfig, records: list[dict], tokenizer: Tokenizer,
 def generate(cfg: ShareGPTConfig) -> tuple[TraceHeader, list[TraceRequest]]:
     cfg.check()
     c = cfg.common
-    rng = streams(c.seed, ("arrivals", "lengths", "prefixes", "episodes", "slots"))
-    times = arrival_times(c.arrivals, rng["arrivals"])
-    lengths = None
-    if c.output_lengths:
-        dist = DiscreteDistribution.parse(c.output_lengths)
-        if dist.max_value > c.max_new_tokens:
-            raise ValueError(f"output length {dist.max_value} exceeds --max-new-tokens {c.max_new_tokens}")
-        lengths = dist.sample(len(times), rng["lengths"], c.length_sampler)
-    tokenizer = load_tokenizer(c.tokenizer)
+    d = draw_common(c, lengths_required=False)
+    rng, times, lengths, tokenizer = d.rng, d.times, d.lengths, d.tokenizer
     records = list(sources.iter_sharegpt(limit=cfg.scan_records))
     if not records:
         raise RuntimeError(f"no ShareGPT record could be decoded from {sources.sharegpt_path()}")

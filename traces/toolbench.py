@@ -14,12 +14,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from traces import sources
-from traces.arrivals import arrival_times
-from traces.config import CommonConfig, as_dict, streams
-from traces.distributions import DiscreteDistribution, zipf_weights
+from traces.common import draw_common
+from traces.config import CommonConfig, as_dict
+from traces.distributions import zipf_weights
 from traces.episodes import Episode, Turn, assemble
 from traces.format import TraceHeader, TraceRequest
-from traces.tokenizer import load_tokenizer
 
 SYSTEM = "You can call the tool documented below. Reply with a JSON call, then explain the result."
 _NOUNS = ("weather", "flight", "hotel", "stock", "recipe", "movie", "song", "book", "map", "news",
@@ -75,14 +74,8 @@ def episodes(cfg: ToolbenchConfig, docs: list[str], rng: np.random.Generator) ->
 def generate(cfg: ToolbenchConfig) -> tuple[TraceHeader, list[TraceRequest]]:
     cfg.check()
     c = cfg.common
-    dist = DiscreteDistribution.parse(c.output_lengths)
-    if dist.max_value > c.max_new_tokens:
-        raise ValueError(f"output length {dist.max_value} exceeds --max-new-tokens {c.max_new_tokens}")
-    rng = streams(c.seed, ("arrivals", "lengths", "prefixes", "episodes", "slots"))
-    times = arrival_times(c.arrivals, rng["arrivals"])
-    lengths = dist.sample(len(times), rng["lengths"], c.length_sampler)
-    tokenizer = load_tokenizer(c.tokenizer)
-    docs = [tool_document(i, rng["prefixes"], cfg.min_endpoints, cfg.max_endpoints) for i in range(cfg.tools)]
-    requests = assemble(times, episodes(cfg, docs, rng["episodes"]), c.concurrent_episodes, rng["slots"],
-                        lengths, c.max_new_tokens, tokenizer, c.token_ids, "tool")
-    return TraceHeader(generator="toolbench", seed=c.seed, config=as_dict(cfg), tokenizer=tokenizer.name), requests
+    d = draw_common(c)
+    docs = [tool_document(i, d.rng["prefixes"], cfg.min_endpoints, cfg.max_endpoints) for i in range(cfg.tools)]
+    requests = assemble(d.times, episodes(cfg, docs, d.rng["episodes"]), c.concurrent_episodes, d.rng["slots"],
+                        d.lengths, c.max_new_tokens, d.tokenizer, c.token_ids, "tool")
+    return TraceHeader(generator="toolbench", seed=c.seed, config=as_dict(cfg), tokenizer=d.tokenizer.name), requests
