@@ -91,7 +91,8 @@ def cmd_train(args) -> int:
 
     from .evaluate import constant_baseline, evaluate_arrays, format_table
     from .features import load_cache
-    from .train import bucket_edges, save_artifact, train_head
+    from .train import (bucket_edges, fit_calibration, predict_arrays, save_artifact,
+                        select_columns, train_head)
 
     work = _work(args)
     ecfg, tcfg = _embed_cfg(args), _train_cfg(args)
@@ -107,8 +108,10 @@ def cmd_train(args) -> int:
     head, history = train_head(tcfg, tr["features"], tr["targets"], va["features"], va["targets"])
     train_s = time.monotonic() - t0
     edges = bucket_edges(tr["targets"], tcfg.num_buckets)
-    test = evaluate_arrays(head, tcfg, te["features"], te["targets"], edges, seed=args.seed)
-    react_m = evaluate_arrays(head, tcfg, react["features"], react["targets"], edges, seed=args.seed)
+    val_score = predict_arrays(head, select_columns(va["features"], tcfg.use_surface_features))["score"]
+    cal = fit_calibration(val_score, va["targets"])
+    test = evaluate_arrays(head, tcfg, te["features"], te["targets"], edges, args.seed, cal)
+    react_m = evaluate_arrays(head, tcfg, react["features"], react["targets"], edges, args.seed, cal)
     base = constant_baseline(tr["targets"], te["targets"], seed=args.seed)
     embed_s = float(sum(float(c["embed_seconds"]) for c in (tr, va, te)))
     extra = {
@@ -117,6 +120,7 @@ def cmd_train(args) -> int:
                  "n_train": int(len(tr["targets"])), "n_val": int(len(va["targets"])),
                  "n_test": int(len(te["targets"])), "n_react": int(len(react["targets"])),
                  "target": "assistant response length in Llama-3 tokens (quicktok llama3)"},
+        "calibration": cal,
         "train_seconds": round(train_s, 1), "embed_seconds": round(embed_s, 1),
         "epochs_run": len(history), "history": history,
         "metrics": {"test": test, "react": react_m, "test_constant_baseline": base},
@@ -145,7 +149,8 @@ def cmd_evaluate(args) -> int:
         import numpy as np
 
         edges = np.asarray(meta["bucket_edges_tokens"], dtype=np.float32)
-        res = evaluate_arrays(head, tcfg, te["features"], te["targets"], edges, seed=args.seed)
+        res = evaluate_arrays(head, tcfg, te["features"], te["targets"], edges, args.seed,
+                              meta.get("calibration"))
         name = f"{tcfg.head}/{ecfg.kind}"
         cols[name] = res
         report[str(folder)] = {"name": name, "split": args.split, "metrics": res}

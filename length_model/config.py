@@ -63,6 +63,7 @@ class TrainConfig:
     max_train_pairs: int = 0  # 0 = all training pairs (subsample otherwise, seeded)
     use_surface_features: bool = True  # append prompt-length features to the embedding
     patience_epochs: int = 6  # early stop when validation Kendall tau stops improving
+    num_threads: int = 1  # torch threads; >1 is slower on a busy 2-core host (spin-waits)
 
 
 # The poster's set-up (issue item 2a): embedding only, 20-bucket cross-entropy.

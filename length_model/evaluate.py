@@ -7,13 +7,14 @@ import numpy as np
 
 from .metrics import (POSTER, beats_poster, classification_metrics, decode_cost_metrics,
                       ranking_metrics)
-from .train import bucket_probs, predict_arrays, select_columns
+from .train import apply_calibration, bucket_probs, predict_arrays, select_columns
 
 
 def evaluate_arrays(head, train_cfg, x: np.ndarray, y: np.ndarray, edges: np.ndarray,
-                    seed: int = 0) -> dict[str, float]:
+                    seed: int = 0, calibration: dict | None = None) -> dict[str, float]:
     x = select_columns(x, train_cfg.use_surface_features)
     pred = predict_arrays(head, x)
+    pred["mean_tokens"] = apply_calibration(calibration, pred["score"], pred["mean_tokens"])
     y_bucket = np.searchsorted(edges, y, side="right")
     out = {"n": int(len(y))}
     out.update(classification_metrics(y_bucket, bucket_probs(head, x, edges)))

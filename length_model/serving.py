@@ -22,7 +22,7 @@ import torch
 from .config import DEFAULT_ARTIFACT_DIR
 from .embed import Encoder
 from .heads import PosterHead
-from .train import load_artifact, select_columns
+from .train import apply_calibration, load_artifact, select_columns
 
 
 class PredictorError(RuntimeError):
@@ -104,7 +104,10 @@ class LengthPredictor:
             x = select_columns(x, self.train_cfg.use_surface_features)
             with torch.no_grad():
                 out = self.head.predict(torch.from_numpy(x))
-            return {k: v.numpy() for k, v in out.items()}
+            res = {k: v.numpy() for k, v in out.items()}
+            res["mean_tokens"] = apply_calibration(self.meta.get("calibration"), res["score"],
+                                                   res["mean_tokens"])
+            return res
         except Exception as exc:
             raise PredictorError(f"length prediction failed: {exc}") from exc
 

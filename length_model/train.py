@@ -50,6 +50,7 @@ def train_head(cfg: TrainConfig, x_tr: np.ndarray, y_tr: np.ndarray, x_val: np.n
     """Adam over shuffled mini-batches; keeps the state with the best validation Kendall tau."""
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     torch.manual_seed(cfg.seed)
+    torch.set_num_threads(max(1, cfg.num_threads))
     rng = np.random.default_rng(cfg.seed)
     x_tr = select_columns(x_tr, cfg.use_surface_features)
     x_val = select_columns(x_val, cfg.use_surface_features)
@@ -78,7 +79,7 @@ def train_head(cfg: TrainConfig, x_tr: np.ndarray, y_tr: np.ndarray, x_val: np.n
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total += float(loss) * len(b)
+            total += float(loss.detach()) * len(b)
         sched.step()
         val = ranking_metrics(y_val, predict_arrays(head, x_val)["score"])
         history.append({"epoch": epoch + 1, "train_loss": total / len(xt),
@@ -97,6 +98,29 @@ def train_head(cfg: TrainConfig, x_tr: np.ndarray, y_tr: np.ndarray, x_val: np.n
         head.load_state_dict(best_state)
     head.eval()
     return head, history
+
+
+def fit_calibration(score: np.ndarray, y_tokens: np.ndarray, max_knots: int = 200) -> dict:
+    """Monotone map score -> expected tokens (isotonic regression on validation data).
+
+    The head's own mean estimate is biased (the log-normal mean overshoots heavy tails); a
+    scheduler sums expected decode work, so the sum must be unbiased. Being monotone, the
+    map keeps the ranking (Kendall tau) unchanged.
+    """
+    from sklearn.isotonic import IsotonicRegression
+
+    iso = IsotonicRegression(out_of_bounds="clip").fit(score, y_tokens.astype(np.float64))
+    xs, ys = iso.X_thresholds_, iso.y_thresholds_
+    if len(xs) > max_knots:
+        keep = np.unique(np.linspace(0, len(xs) - 1, max_knots).round().astype(int))
+        xs, ys = xs[keep], ys[keep]
+    return {"score": [float(v) for v in xs], "mean_tokens": [float(v) for v in ys]}
+
+
+def apply_calibration(cal: dict | None, score: np.ndarray, fallback: np.ndarray) -> np.ndarray:
+    if not cal or not cal.get("score"):
+        return fallback
+    return np.interp(score, np.asarray(cal["score"]), np.asarray(cal["mean_tokens"]))
 
 
 def save_artifact(folder: pathlib.Path, head: torch.nn.Module, train_cfg: TrainConfig,
