@@ -11,9 +11,9 @@ replaces two things:
    100 % even when idle, which on small hosts starves the workers. Ours blocks in a
    `zmq.Poller` over all its sockets, with a timeout for housekeeping.
 
-Settings come from the environment, set by `python -m sglang_ext.launch_server` (the
-controller runs in a spawned process, and SGLang's own argument parser knows nothing of
-our flags): SGLANG_EXT_POLICY, SGLANG_EXT_LENGTH_SOURCE.
+Settings come from the environment (`sglang_ext/settings.py`), set by
+`python -m sglang_ext.launch_server`: the controller runs in a spawned process, and
+SGLang's own argument parser knows nothing of our flags.
 """
 
 from __future__ import annotations
@@ -170,11 +170,11 @@ class PrefixAwareController(DataParallelController):
             now = time.monotonic()
             for sock in event_sockets:
                 if sock in ready:
-                    self.kv_subscriber.handle(sock, now)
+                    self._guarded("a KV-event frame", self.kv_subscriber.handle, sock, now)
             if self.kv_subscriber is not None:
                 self.kv_subscriber.applier.check_timeouts(now)
             if self.recv_reports in ready:
-                self._drain_reports()
+                self._guarded("a worker report", self._drain_reports)
             if self.recv_from_tokenizer in ready:
                 self._drain_tokenizer()
             if self.lengths is not None:
@@ -186,6 +186,14 @@ class PrefixAwareController(DataParallelController):
                     if ready:
                         self.status_writer.mark_dirty()
                     self.status_writer.maybe_write(now, self.status_snapshot)
+
+    @staticmethod
+    def _guarded(what: str, fn, *args) -> None:
+        """The controller must outlive any bad input: log it and carry on."""
+        try:
+            fn(*args)
+        except Exception:
+            logger.exception("controller: error while handling %s; skipped", what)
 
     def _poll_timeout_ms(self) -> int:
         deadline = self.lengths.next_deadline_s() if self.lengths is not None else None
