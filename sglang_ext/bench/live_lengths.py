@@ -48,6 +48,7 @@ def run_config(trace_path: pathlib.Path, policy: str, length_source: str, out: p
     from traces.format import read_trace
     from traces.replay import ReplayConfig, run
 
+    out.mkdir(parents=True, exist_ok=True)
     spec = ServerSpec(str(tiny_path()), dp_size=2, load_balance_method=policy, max_total_tokens=65536,
                       extra_args=["--length-source", length_source])
     with start_server(spec, str(out / "server.log")) as server:
