@@ -1,6 +1,6 @@
 """Live comparison of length sources on real SGLang (CPU, dp=2, tiny model).
 
-    python -m sglang_ext.bench live-lengths [--seeds 1 2] [--rate-rps 4] [--duration-s 40]
+    python -m sglang_ext.bench live-lengths [--seeds 1 2] [--rate-rps 1] [--duration-s 40]
 
 For each seed it generates one ReAct trace whose true output lengths are 1 or 300 tokens
 (half each; the client declares `max_new_tokens` 512 for all), then replays it against a
@@ -35,11 +35,11 @@ CONFIGS = [
 ]
 
 
-def make_trace(out: pathlib.Path, seed: int, rate_rps: float, duration_s: float) -> pathlib.Path:
+def make_trace(out: pathlib.Path, seed: int, rate_rps: float, duration_s: float, examples: int) -> pathlib.Path:
     path = out / f"trace_seed{seed}.jsonl"
     cmd = [sys.executable, "-m", "traces", "generate", "react", "--out", str(path), "--seed", str(seed),
            "--rate-rps", str(rate_rps), "--duration-s", str(duration_s), "--output-lengths", "1:0.5,300:0.5",
-           "--max-new-tokens", "512", "--workloads", "4", "--examples", "2"]
+           "--max-new-tokens", "512", "--workloads", "4", "--examples", str(examples)]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     return path
 
@@ -120,7 +120,10 @@ def plot(rows: list[dict], path: pathlib.Path) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1])
-    parser.add_argument("--rate-rps", type=float, default=4.0)
+    # CPU decode of the tiny model slows sharply with batch size and context: keep the
+    # load where a 300-token answer takes seconds, not minutes.
+    parser.add_argument("--rate-rps", type=float, default=1.0)
+    parser.add_argument("--examples", type=int, default=1, help="in-context examples per workload")
     parser.add_argument("--duration-s", type=float, default=40.0)
     parser.add_argument("--out", default="runs/live_lengths")
 
@@ -130,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for seed in args.seeds:
-        trace = make_trace(out, seed, args.rate_rps, args.duration_s)
+        trace = make_trace(out, seed, args.rate_rps, args.duration_s, args.examples)
         for policy, source in CONFIGS:
             started = time.perf_counter()
             print(f"live-lengths: seed {seed}: {policy} / {source} ...", flush=True)
