@@ -25,7 +25,7 @@ import time
 import uuid
 
 import zmq
-from sglang.srt.managers.data_parallel_controller import DataParallelController, LoadBalanceMethod
+from sglang.srt.managers.data_parallel_controller import DataParallelController
 from sglang.srt.managers.io_struct import PickleWrapper, sock_recv, sock_send, wrap_as_pickle
 
 from sglang_ext import completions
@@ -291,4 +291,4 @@ def _request_of(req) -> Request:
                    oracle_output_tokens=oracle)
 
 
-__all__ = ["PrefixAwareController", "LoadBalanceMethod"]
+__all__ = ["PrefixAwareController"]
