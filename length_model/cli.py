@@ -87,7 +87,6 @@ def _train_cfg(args) -> TrainConfig:
 
 
 def cmd_train(args) -> int:
-    import numpy as np
 
     from .evaluate import constant_baseline, evaluate_arrays, format_table
     from .features import load_cache
