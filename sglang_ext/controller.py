@@ -94,7 +94,7 @@ class PrefixAwareController(DataParallelController):
         if feed is not None:
             self.kv_subscriber = KVEventSubscriber(feed, self.router.tree)
         for w in range(self.max_dp_size):
-            self.router.set_alive(w, w in self._active_workers)
+            self.router.set_alive(w, w in self._active_workers, time.monotonic())
         self.dispatching = self.dispatch_by_policy
         # Our ledger is exact; the stock 20 ms snapshot refresh is not needed.
         self.refresh_load_budget_on_dispatch = False
@@ -149,8 +149,9 @@ class PrefixAwareController(DataParallelController):
     def update_active_ranks(self, ranks) -> None:
         super().update_active_ranks(ranks)
         if self.router is not None:
+            now = time.monotonic()
             for w in range(self.max_dp_size):
-                self.router.set_alive(w, bool(self.status[w]) and self.dp_active[w])
+                self.router.set_alive(w, bool(self.status[w]) and self.dp_active[w], now)
 
     # -------------------------------------------------------------- event loop
 

@@ -36,7 +36,9 @@ class PredictedLengths:
     def __init__(self, model_dir: str | None, max_wait_ms: float, context: zmq.Context, tokenizer_path: str | None):
         self.max_wait_s = max(0.0, max_wait_ms) / 1000.0
         self._parked: OrderedDict[str, _Parked] = OrderedDict()  # in arrival order
-        self._late: set[str] = set()  # released without a prediction, still awaited
+        # Released without a prediction, still awaited; a dict keeps insertion order, so
+        # trimming forgets the oldest.
+        self._late: dict[str, None] = {}
         self._tokenizer_path = tokenizer_path
         self._tokenizer = None
         self.failed = False
@@ -44,6 +46,7 @@ class PredictedLengths:
         self.fallbacks = 0
         endpoint = f"inproc://sglang_ext_predictions_{uuid.uuid4().hex[:8]}"
         self.wakeup = context.socket(zmq.PULL)
+        self.wakeup.setsockopt(zmq.LINGER, 0)
         self.wakeup.bind(endpoint)
         self._context, self._endpoint = context, endpoint
         self._thread_socket = None
@@ -94,17 +97,16 @@ class PredictedLengths:
                     parked.request.predicted_output_tokens = int(tokens)
                     self.predicted += 1
                     ready.append((parked.message, parked.request))
-                elif rid in self._late:
-                    self._late.discard(rid)
+                elif self._late.pop(rid, False) is None:
                     router.update_expected_output(rid, int(tokens))
         for rid in [rid for rid, p in self._parked.items() if self.failed or p.deadline_s <= now_s]:
             parked = self._parked.pop(rid)
             if not self.failed:
-                self._late.add(rid)
+                self._late[rid] = None
             self.fallbacks += 1
             ready.append((parked.message, parked.request))
-        if len(self._late) > 10000:  # predictions that never came: forget the oldest
-            self._late = set(list(self._late)[-5000:])
+        while len(self._late) > 10000:  # predictions that never came: forget the oldest
+            del self._late[next(iter(self._late))]
         return ready
 
     def next_deadline_s(self) -> float | None:
@@ -115,6 +117,7 @@ class PredictedLengths:
     def _on_result(self, rid, tokens) -> None:
         if self._thread_socket is None:
             self._thread_socket = self._context.socket(zmq.PUSH)
+            self._thread_socket.setsockopt(zmq.LINGER, 0)
             self._thread_socket.connect(self._endpoint)
         try:
             self._thread_socket.send(b"", zmq.NOBLOCK)
@@ -136,5 +139,10 @@ class PredictedLengths:
         self.failed = True
 
     def close(self) -> None:
+        """Stop the predictor thread, then close both sockets (an open socket would keep
+        the ZMQ context, and so the process, from exiting)."""
         if self._async is not None:
             self._async.close()
+        if self._thread_socket is not None:
+            self._thread_socket.close(0)
+        self.wakeup.close(0)

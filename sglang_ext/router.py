@@ -99,5 +99,12 @@ class Router:
         """A length prediction arrived after dispatch: re-weigh the request's decode work."""
         self.ledger.update_expected_output(rid, output_tokens)
 
-    def set_alive(self, worker: int, alive: bool) -> None:
+    def set_alive(self, worker: int, alive: bool, now_s: float) -> None:
+        """Mark a worker up or down. Going down drops its in-flight requests (their
+        completions will never be reported) and its mirrored cache (gone with it)."""
+        was_alive = self.ledger.loads[worker].alive
         self.ledger.set_alive(worker, alive)
+        if was_alive and not alive:
+            for rid in self.ledger.forget_worker(worker):
+                self.policy.on_expired(rid, worker, now_s)
+            self.tree.apply_cleared(worker)

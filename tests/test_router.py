@@ -95,3 +95,15 @@ def test_late_prediction_reweighs_pending_decode():
     assert router.ledger.loads[0].pending_decode_tokens == 12
     router.finished("a", 12, 1.0)
     assert router.ledger.loads[0].pending_decode_tokens == 0
+
+
+def test_a_worker_going_down_drops_its_requests_and_cache():
+    router, policy = make_router(choice=1)
+    router.route(make_request(prompt_tokens=30, rid="a"), 0.0)
+    assert router.tree.tokens_held(1) == 30
+    router.set_alive(1, False, now_s=2.0)
+    assert policy.events == [("expired", "a", 1)]
+    assert router.ledger.loads[1].requests == 0 and not router.ledger.loads[1].alive
+    assert router.tree.tokens_held(1) == 0
+    router.set_alive(1, True, now_s=3.0)  # coming back up forgets nothing more
+    assert router.ledger.loads[1].alive and policy.events == [("expired", "a", 1)]
