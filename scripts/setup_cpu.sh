@@ -14,7 +14,7 @@ STAMP=$VENV/.setup-stamp
 
 inputs_hash() {
   cat scripts/setup_cpu.sh scripts/patch_torchvision.py scripts/cpu_shim/sgl_kernel/__init__.py \
-      requirements/*.txt pyproject.toml | sha256sum | cut -d' ' -f1
+      requirements/*.txt pyproject.toml setup.py sglang_ext/_tokens.c | sha256sum | cut -d' ' -f1
 }
 
 want=$(inputs_hash)
@@ -44,8 +44,9 @@ step "CPU fixes: torchvision import, sgl_kernel shim"
 "$VENV/bin/python" scripts/patch_torchvision.py
 SITE=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 rm -rf "$SITE/sgl_kernel" && cp -r scripts/cpu_shim/sgl_kernel "$SITE/sgl_kernel"
-step "our package (editable)"
+step "our package (editable; builds the C token helpers in place)"
 quiet_pip --no-deps --no-build-isolation -e .
+"$VENV/bin/python" -c "from sglang_ext import token_bytes as t; print('setup: compiled token helpers:', 'yes' if t.COMPILED else 'NO (no C compiler? the pure-Python fallback is 3-5x slower)')"
 step "default models"
 "$VENV/bin/python" -m sglang_ext.models build
 # Fail loudly here rather than in the first test if any import is broken.

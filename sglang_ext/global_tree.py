@@ -6,24 +6,29 @@ against a brute-force model on SGLang-shaped event streams in any interleaving):
   published for them, and a bitmask `holders` of the workers that hold *every* page of
   the node. Storing or removing part of a node for some worker splits the node first,
   so the invariant always holds.
-- `children` is keyed by the first page's tokens (a tuple; an int when page_size is 1).
+- Tokens are kept packed (`token_bytes`: native uint32, a `bytearray` per node), so a
+  prompt is compared with a node by one memcmp, and a cached token costs 4 bytes.
+- `children` is keyed by the first page's packed bytes.
 - `_by_hash` maps each page hash to the one node that contains it, and holds exactly
   the pages in the tree; a page is found in its node by checking the last page first
   (chains grow and leaves go at the end), else `node.hashes.index(h)`.
-- `_held[w]` is the set of nodes worker `w` holds and `_tokens_held[w]` their tokens,
-  so clearing a worker touches only its own nodes, never the whole tree.
+- `_tokens_held[w]` counts the tokens worker `w` holds. Holds are prefix-closed (SGLang
+  evicts leaves first, and a worker stores a page only under its own parent page), so
+  clearing a worker walks down from the root through its own nodes only, never the
+  whole tree; should holds not be prefix-closed (events lost before a resync), the
+  count left over shows it and a whole-tree pass finishes the job (`clear_full_scans`).
 - A node with no holders and no children is deleted at once: evicted pages leave the
   tree, so memory is bounded by what the workers really cache (all clear: empty tree).
 - Exact mode only: a node and its only child with the same holders are merged (see
   `_merge_around`), so page-by-page stores and split-then-evict cycles do not fragment
   the tree and a match walks few nodes whatever the event history.
 
-Cost: `match` walks the prompt node by node with one slice compare per node (no
-per-token Python loop; galloping on the node where the prompt diverges) and spreads the
-per-worker result with C-level operations: O(prompt tokens) C-speed compares plus
-O(nodes on the path + workers / 8) Python steps. The token compares dominate for long
-prompts (~10 ns per token of distinct int objects). Applying an event costs O(pages in
-the event) at C speed plus one split per affected node and O(holders) per split/merge.
+Cost: `match` walks the prompt node by node; per node, one C call reads the prompt's
+ints in place against the node's packed tokens up to the first difference (the only
+per-token step: a few ns per token with the compiled helper, see `token_bytes`), and
+the per-worker result is spread with C-level operations: O(prompt tokens) at C speed
+plus O(nodes on the path + workers / 8) Python steps. Applying an event costs O(pages in the event) at C speed
+plus a constant number of splits and merges, none of them per holder (exact mode).
 
 Two modes share the structure: *exact* (fed by SGLang's KV events, see `kv_events.py`)
 and *approximate* (`insert_approximate` on dispatch, per-worker LRU eviction bounded by
@@ -37,15 +42,17 @@ under their hashes count as skipped.
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Sequence
 from itertools import repeat
+
+from .token_bytes import TOKEN_BYTES, common_prefix, pack, spread, unpack
 
 
 class _Node:
     __slots__ = ("tokens", "hashes", "parent", "children", "holders")
 
-    def __init__(self, tokens: list[int], hashes: list[int | None], parent: _Node | None):
+    def __init__(self, tokens: bytearray, hashes: list[int | None], parent: _Node | None):
         self.tokens = tokens
         self.hashes = hashes
         self.parent = parent
@@ -61,21 +68,17 @@ class GlobalTree:
             raise ValueError("num_workers and page_size must be positive")
         self.num_workers = num_workers
         self.page_size = page_size
-        self.root = _Node([], [], None)
+        self.root = _Node(bytearray(), [], None)
         self._all_workers = (1 << num_workers) - 1
-        self._short_node = 64 * page_size  # tokens; see `match`
-        # `_spread` writes worker masks as '0'/'1' strings; these tables turn each
-        # character into the level index k it stands for (see `_spread`).
-        self._mask_format = f"0{num_workers}b"
-        self._lane_tables: list[bytes] = []
+        self._page_bytes = page_size * TOKEN_BYTES
         self._by_hash: dict[int, _Node] = {}
-        self._held: list[set[_Node]] = [set() for _ in range(num_workers)]
         self._tokens_held = [0] * num_workers
         # Workers whose mirror may be missing events (a sequence gap); see `mark_uncertain`.
         self.uncertain_mask = 0
         # Approximate mode only: per-worker LRU of held nodes, oldest first.
         self._lru: list[OrderedDict[_Node, None]] = [OrderedDict() for _ in range(num_workers)]
         self.skipped_pages = 0  # pages of events that could not be mirrored (see docs)
+        self.clear_full_scans = 0  # clears that found holds not prefix-closed (see docs)
 
     # ------------------------------------------------------------------ queries
 
@@ -85,24 +88,18 @@ class GlobalTree:
         One walk down the tree: a worker leaves the walk at the first node it does not
         hold, so it matched everything before that node (a holder holds all of a node).
         """
-        ids = input_ids if isinstance(input_ids, list) else list(input_ids)
+        ids = input_ids if isinstance(input_ids, (list, tuple)) else list(input_ids)
         page = self.page_size
         alive = self._all_workers  # workers that hold every node walked so far
         node, pos, last = self.root, 0, len(ids) - page
         levels: list[tuple[int, int]] = []  # (workers that stopped, tokens they matched)
         while alive and pos <= last:
-            child = node.children.get(ids[pos] if page == 1 else tuple(ids[pos : pos + page]))
+            child = node.children.get(pack(ids, pos, pos + page))
             if child is None:
                 break
-            tokens = child.tokens
-            length = len(tokens)
-            # Short node: one C-level compare, the search only if it fails. Long node:
-            # gallop straight away; a failed full compare would first have paid for
-            # the common part once more (the p99 case: a long prompt diverging deep).
-            if length <= self._short_node and ids[pos : pos + length] == tokens:
-                common = length
-            else:
-                common = self._common_prefix(ids, pos, tokens)
+            length = len(child.tokens) // TOKEN_BYTES
+            common = common_prefix(ids, pos, child.tokens)
+            common -= common % page
             still = alive & child.holders
             if still != alive:
                 levels.append((alive ^ still, pos))
@@ -112,10 +109,14 @@ class GlobalTree:
                 break
             node = child
         levels.append((alive, pos))
-        return self._spread(levels)
+        return spread(levels, self.num_workers)
 
     def tokens_held(self, worker: int) -> int:
         return self._tokens_held[worker]
+
+    def node_token_ids(self, node: _Node) -> list[int]:
+        """A node's tokens as ids (for tests and debugging)."""
+        return unpack(node.tokens)
 
     def num_nodes(self) -> int:
         return sum(1 for _ in self._iter_nodes()) - 1
@@ -132,11 +133,12 @@ class GlobalTree:
                      token_ids: Sequence[int]) -> None:
         """A `BlockStored` event: `worker` now holds these pages after `parent_hash`."""
         page = self.page_size
+        data = pack(token_ids)  # TypeError / OverflowError on ids that are not token ids
         if len(token_ids) != len(block_hashes) * page:
             # A partial trailing page is never matched by page-aligned lookups; keep the
             # whole pages only.
             whole = min(len(block_hashes), len(token_ids) // page)
-            block_hashes, token_ids = block_hashes[:whole], token_ids[: whole * page]
+            block_hashes, data = block_hashes[:whole], data[: whole * self._page_bytes]
             if not block_hashes:
                 return
         if parent_hash is None:
@@ -150,10 +152,7 @@ class GlobalTree:
             cut = self._page_index(node, parent_hash) + 1
             if cut < len(node.hashes):
                 node, _ = self._split(node, cut)
-        # Token ints are kept as the event brought them. Interning them (one object per
-        # token value) was measured: it halves memory but slows stores ~5x (a dict
-        # lookup per token) and `match` ~1.4x (compares then hit scattered objects).
-        self._insert_under(node, worker, list(token_ids), list(block_hashes), merge=True)
+        self._insert_under(node, worker, data, list(block_hashes), merge=True)
 
     def apply_removed(self, worker: int, block_hashes: Sequence[int]) -> None:
         """A `BlockRemoved` event: `worker` no longer holds these pages.
@@ -175,7 +174,15 @@ class GlobalTree:
             run = min(len(node_hashes) - start, n - i)
             if node_hashes[start : start + run] != hashes[i : i + run]:
                 run = self._common_run(node_hashes, start, hashes, i, run)
-            if node.holders & bit:
+            if node.holders == bit and start > 0 and start + run == len(node_hashes) and not node.children:
+                # The usual eviction: the end of a leaf only this worker holds. Cut it
+                # off in place (no split, no new node).
+                del node.tokens[start * self._page_bytes :]
+                for h in node_hashes[start:]:
+                    del by_hash[h]
+                del node_hashes[start:]
+                self._tokens_held[worker] -= run * self.page_size
+            elif node.holders & bit:
                 # Splitting a node the worker does not hold would only fragment the
                 # tree, so only held runs are cut out.
                 if start > 0:
@@ -188,13 +195,33 @@ class GlobalTree:
     def apply_cleared(self, worker: int) -> None:
         """An `AllBlocksCleared` event (or a resync): forget everything `worker` holds."""
         exact = not self._lru[worker]
-        for node in list(self._held[worker]):
+        bit = 1 << worker
+        self._release_all(worker, self._held_subtree(bit), exact)
+        if self._tokens_held[worker]:
+            # Holds were not prefix-closed (a worker's events were lost): find the rest.
+            self.clear_full_scans += 1
+            self._release_all(worker, [n for n in self._iter_nodes() if n.holders & bit], exact)
+        self._lru[worker].clear()
+
+    def _held_subtree(self, bit: int) -> list[_Node]:
+        """The nodes held by worker `bit` that hang from the root through held nodes,
+        parents before children (cost: those nodes and their children)."""
+        out, stack = [], [self.root]
+        while stack:
+            node = stack.pop()
+            for child in node.children.values():
+                if child.holders & bit:
+                    out.append(child)
+                    stack.append(child)
+        return out
+
+    def _release_all(self, worker: int, nodes: list[_Node], exact: bool) -> None:
+        for node in reversed(nodes):  # children first, so unheld leaves prune upwards
             if node.parent is None:
-                continue  # absorbed into its parent by an earlier merge of this loop
+                continue  # pruned, or absorbed into its parent by an earlier merge
             survivor = self._release(node, worker)
             if exact:
                 self._merge_around(survivor)
-        self._lru[worker].clear()
 
     def mark_uncertain(self, worker: int, uncertain: bool = True) -> None:
         """Flag a worker whose event stream had a gap; hosts should not trust its matches."""
@@ -208,8 +235,8 @@ class GlobalTree:
         nodes of that worker until it holds at most `capacity_tokens`."""
         whole = len(input_ids) // self.page_size * self.page_size
         if whole:
-            tokens = list(input_ids[:whole])
-            path = self._insert_under(self.root, worker, tokens, [None] * (whole // self.page_size))
+            data = pack(input_ids[:whole])
+            path = self._insert_under(self.root, worker, data, [None] * (whole // self.page_size))
             self._touch(worker, path)
         # Evict even when nothing was inserted: the capacity may have shrunk.
         self._evict_lru(worker, capacity_tokens)
@@ -220,36 +247,27 @@ class GlobalTree:
 
     # ------------------------------------------------------------------ helpers
 
-    def _key(self, tokens: Sequence[int], pos: int):
-        if self.page_size == 1:
-            return tokens[pos]
-        return tuple(tokens[pos : pos + self.page_size])
+    def _key(self, data: bytes | bytearray, pos: int) -> bytes:
+        """The child key of packed tokens at byte `pos`: its page's bytes."""
+        return bytes(data[pos : pos + self._page_bytes])
 
-    def _common_prefix(self, ids: list[int], pos: int, tokens: list[int]) -> int:
-        """Length (page-aligned) of the common prefix of ids[pos:] and tokens.
+    def _common_prefix(self, data: bytes | bytearray, pos: int, tokens: bytearray) -> int:
+        """Bytes (page-aligned) of the common prefix of data[pos:] and tokens.
 
-        Galloping, then binary search, over slice equality, comparing only the window
-        not yet known to be equal: O(common length) C-speed element compares and
-        O(log) slices, never a per-token Python loop (SGLang gallops for the same
-        reason). Slicing whole prefixes at every step would cost O(n log n).
+        Binary search over pages with memcmp slice compares, each on the window not yet
+        known to be equal: O(length) bytes compared and O(log pages) Python steps.
         """
-        page = self.page_size
-        n = min(len(tokens), len(ids) - pos) // page  # whole pages that can match
-        lo, hi, step = 0, n, 8  # invariant: the first `lo` pages are equal
-        while lo < n:
-            hi = min(n, lo + step)
-            if ids[pos + lo * page : pos + hi * page] != tokens[lo * page : hi * page]:
-                break
-            lo, step = hi, step * 2
-        else:
-            return lo * page
+        pb = self._page_bytes
+        lo, hi = 0, min(len(tokens), len(data) - pos) // pb  # invariant: first `lo` pages equal
+        if data[pos : pos + hi * pb] == tokens[: hi * pb]:
+            return hi * pb
         while hi - lo > 1:  # the first `hi` pages differ somewhere after page `lo`
             mid = (lo + hi) // 2
-            if ids[pos + lo * page : pos + mid * page] == tokens[lo * page : mid * page]:
+            if data[pos + lo * pb : pos + mid * pb] == tokens[lo * pb : mid * pb]:
                 lo = mid
             else:
                 hi = mid
-        return lo * page
+        return lo * pb
 
     @staticmethod
     def _common_run(a: list, i: int, b: list, j: int, hi: int) -> int:
@@ -264,34 +282,6 @@ class GlobalTree:
                 hi = mid - 1
         return lo
 
-    def _spread(self, levels: list[tuple[int, int]]) -> list[int]:
-        """Per-worker matched tokens from disjoint (worker mask, tokens) levels.
-
-        A Python loop over set bits costs ~0.1 us per worker; at many workers the masks
-        are instead turned into byte lanes with C-level string and int operations: lane
-        w of sum_k k * lanes(mask_k) is the level index of worker w, then one `map`
-        looks up its token count.
-        """
-        n = self.num_workers
-        if n <= 16 or len(levels) > 255:
-            matched = [0] * n
-            for mask, depth in levels:
-                while mask:
-                    low = mask & -mask
-                    matched[low.bit_length() - 1] = depth
-                    mask ^= low
-            return matched
-        tables, fmt = self._lane_tables, self._mask_format
-        while len(tables) <= len(levels):
-            k = len(tables)
-            tables.append(bytes(k if c == 49 else 0 for c in range(256)))  # ord("1") == 49
-        lanes, depths = 0, [0]
-        for k, (mask, depth) in enumerate(levels, 1):
-            if mask:
-                lanes += int.from_bytes(format(mask, fmt).encode().translate(tables[k]), "big")
-            depths.append(depth)
-        return list(map(depths.__getitem__, lanes.to_bytes(n, "little")))
-
     def _split(self, node: _Node, pages: int) -> tuple[_Node, _Node]:
         """Split `node` after `pages` pages; returns (head, tail), one of them `node`.
 
@@ -299,7 +289,7 @@ class GlobalTree:
         re-indexing: extending, replicating or evicting a long chain page by page
         splits it near one end every time, and must not cost O(chain) per page.
         """
-        cut = pages * self.page_size
+        cut = pages * self._page_bytes
         if pages * 2 <= len(node.hashes):
             # New head above `node`; `node` keeps its children and becomes the tail.
             parent = node.parent
@@ -318,27 +308,24 @@ class GlobalTree:
             node.children = {self._key(tail.tokens, 0): tail}
             head = node
         new.holders = node.holders
-        self._index(new)
-        holders = new.holders
-        while holders:
-            low = holders & -holders
-            w = low.bit_length() - 1
-            self._held[w].add(new)
-            lru = self._lru[w]
-            if node in lru:
-                # Approximate mode: the new part enters as most recent. A new head is
-                # then more recent than its tail, as `_touch` keeps ancestors; a new
-                # tail is not, which `_evict_lru` tolerates.
-                lru[new] = None
-            holders ^= low
+        if new.hashes[0] is not None:
+            self._index(new)
+        else:
+            # Approximate mode: the new part enters each holder's LRU as most recent. A
+            # new head is then more recent than its tail, as `_touch` keeps ancestors; a
+            # new tail is not, which `_evict_lru` tolerates.
+            holders = new.holders
+            while holders:
+                low = holders & -holders
+                self._lru[low.bit_length() - 1][new] = None
+                holders ^= low
         return head, tail
 
     def _hold(self, node: _Node, worker: int) -> None:
         bit = 1 << worker
         if not node.holders & bit:
             node.holders |= bit
-            self._held[worker].add(node)
-            self._tokens_held[worker] += len(node.tokens)
+            self._tokens_held[worker] += len(node.tokens) // TOKEN_BYTES
 
     @staticmethod
     def _page_index(node: _Node, page_hash: int) -> int:
@@ -359,9 +346,8 @@ class GlobalTree:
         bit = 1 << worker
         if node.holders & bit:
             node.holders &= ~bit
-            self._held[worker].discard(node)
             self._lru[worker].pop(node, None)
-            self._tokens_held[worker] -= len(node.tokens)
+            self._tokens_held[worker] -= len(node.tokens) // TOKEN_BYTES
         return self._prune(node)
 
     def _prune(self, node: _Node) -> _Node:
@@ -372,9 +358,9 @@ class GlobalTree:
             parent = node.parent
             del parent.children[self._key(node.tokens, 0)]
             if node.hashes and node.hashes[0] is not None:
-                # Each page hash lives in exactly one node (the tests check it), so the
-                # pages are unindexed without a per-page Python loop.
-                deque(map(by_hash.pop, node.hashes, repeat(None)), maxlen=0)
+                # Each page hash lives in exactly one node (the tests check it).
+                for h in node.hashes:
+                    del by_hash[h]
             node.parent = None
             node = parent
         return node
@@ -392,63 +378,72 @@ class GlobalTree:
         if len(node.children) == 1:
             child = next(iter(node.children.values()))
             if child.holders == node.holders:
-                self._absorb(node, child)
+                node = self._absorb(node, child)
         parent = node.parent
         if parent is not self.root and len(parent.children) == 1 and parent.holders == node.holders:
             self._absorb(parent, node)
 
-    def _absorb(self, node: _Node, child: _Node) -> None:
-        """Append `child` (the only child, same holders) to `node`."""
-        node.tokens += child.tokens
-        node.hashes += child.hashes
-        node.children = child.children
-        for grandchild in node.children.values():
-            grandchild.parent = node
-        if child.hashes and child.hashes[0] is not None:
-            self._by_hash.update(zip(child.hashes, repeat(node)))
-        holders = child.holders
-        while holders:
-            low = holders & -holders
-            self._held[low.bit_length() - 1].discard(child)
-            holders ^= low
-        child.parent, child.children = None, {}
+    def _absorb(self, node: _Node, child: _Node) -> _Node:
+        """Join `node` and its only child (same holders) into one node; returns it.
 
-    def _insert_under(self, node: _Node, worker: int, tokens: list[int],
+        The part with more pages survives, so only the smaller part's pages are
+        re-indexed: a chain released or replicated page by page merges a one-page node
+        into a long one every time, and must not cost O(chain) per page.
+        """
+        if len(child.hashes) > len(node.hashes):
+            child.tokens[:0] = node.tokens  # one C memmove
+            child.hashes[:0] = node.hashes
+            parent = child.parent = node.parent
+            parent.children[self._key(child.tokens, 0)] = child
+            gone, survivor = node, child
+        else:
+            node.tokens += child.tokens
+            node.hashes += child.hashes
+            node.children = child.children
+            for grandchild in node.children.values():
+                grandchild.parent = node
+            gone, survivor = child, node
+        if gone.hashes and gone.hashes[0] is not None:
+            self._by_hash.update(zip(gone.hashes, repeat(survivor)))
+        gone.parent, gone.children = None, {}
+        return survivor
+
+    def _insert_under(self, node: _Node, worker: int, data: bytes,
                       hashes: list[int | None], merge: bool = False) -> list[_Node]:
-        """Make `worker` hold `tokens` below `node`, sharing existing nodes; returns the
-        nodes of the path that now hold them (`merge`: exact mode, see `_merge_around`;
-        the path is then not meaningful)."""
-        page, pos, path = self.page_size, 0, []
-        while pos < len(tokens):
-            key = self._key(tokens, pos)
+        """Make `worker` hold the packed tokens `data` below `node`, sharing existing
+        nodes; returns the nodes of the path that now hold them (`merge`: exact mode, see
+        `_merge_around`; the path is then not meaningful)."""
+        pb, pos, path = self._page_bytes, 0, []
+        while pos < len(data):
+            key = self._key(data, pos)
             child = node.children.get(key)
             if child is None:
                 if (merge and node is not self.root and not node.children
                         and node.holders == 1 << worker):
                     # The worker extends a chain only it holds (a growing conversation,
                     # decode pages): append in place instead of adding a node.
-                    node.tokens += tokens[pos:]
-                    node.hashes += hashes[pos // page :]
-                    self._by_hash.update(zip(hashes[pos // page :], repeat(node)))
-                    self._tokens_held[worker] += len(tokens) - pos
+                    node.tokens += data[pos:]
+                    node.hashes += hashes[pos // pb :]
+                    self._by_hash.update(zip(hashes[pos // pb :], repeat(node)))
+                    self._tokens_held[worker] += (len(data) - pos) // TOKEN_BYTES
                     break
-                child = _Node(tokens[pos:] if pos else tokens, hashes[pos // page :] if pos else hashes, node)
+                child = _Node(bytearray(data[pos:]), hashes[pos // pb :] if pos else hashes, node)
                 node.children[key] = child
                 self._index(child)
                 self._hold(child, worker)
                 path.append(child)
                 break
             length = len(child.tokens)
-            if tokens[pos : pos + length] == child.tokens:
+            if data[pos : pos + length] == child.tokens:
                 common = length
             else:
-                common = self._common_prefix(tokens, pos, child.tokens)
+                common = self._common_prefix(data, pos, child.tokens)
                 if common == 0:
                     # Same first page key but a different page: cannot happen for
                     # page-aligned keys; guard against malformed input anyway.
-                    self.skipped_pages += (len(tokens) - pos) // page
+                    self.skipped_pages += (len(data) - pos) // pb
                     break
-                child, _ = self._split(child, common // page)
+                child, _ = self._split(child, common // pb)
             # Equal tokens under another hash (a LoRA or cache-salt namespace) share the
             # node: matching is by tokens; removals by the other hash are not found and
             # are ignored (see module docs).
@@ -457,17 +452,16 @@ class GlobalTree:
             if merge and child.holders != holders:
                 parent = child.parent
                 if parent is not self.root and len(parent.children) == 1 and parent.holders == child.holders:
-                    self._absorb(parent, child)  # the walk goes on from the merged node
-                    child = parent
+                    child = self._absorb(parent, child)  # the walk goes on from the merged node
             path.append(child)
             pos += common
             node = child
         return path
 
     def _path_nodes(self, input_ids: Sequence[int], mask: int) -> list[_Node]:
-        ids = input_ids if isinstance(input_ids, list) else list(input_ids)
+        ids = pack(input_ids)
         node, pos, out = self.root, 0, []
-        while len(ids) - pos >= self.page_size:
+        while len(ids) - pos >= self._page_bytes:
             child = node.children.get(self._key(ids, pos))
             if child is None or not child.holders & mask:
                 break

@@ -211,7 +211,7 @@ class EventApplier:
                     if str(kind) not in self._warned_unknown:
                         self._warned_unknown.add(str(kind))
                         logger.warning("kv-events: rank %d: skipping unknown event type %r", rank, kind)
-            except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            except (KeyError, TypeError, AttributeError, ValueError, OverflowError) as exc:
                 self.stats.malformed += 1
                 logger.error("kv-events: rank %d: skipped a malformed event: %s", rank, exc)
 

@@ -65,7 +65,13 @@ class Router:
     def cached_tokens(self, request: Request) -> list[int]:
         """Per-worker cached prefix of the request; workers with an unrepaired event gap
         count as holding nothing (their mirror is not trusted blindly)."""
-        cached = self.tree.match(request.input_ids)
+        try:
+            cached = self.tree.match(request.input_ids)
+        except (OverflowError, TypeError) as exc:
+            # Ids outside [0, 2**32) are no tokens of any model: nothing can be cached.
+            logger.warning("router: rid=%s: prompt is not token ids (%s); counted as uncached",
+                           request.rid, exc)
+            return list(self._zeros)
         mask = self.tree.uncertain_mask
         if mask:
             for w in range(len(cached)):
@@ -79,7 +85,10 @@ class Router:
         self.ledger.on_dispatch(request.rid, worker, request.prompt_tokens, cached_tokens, expected, now_s)
         if not self.config.exact_mirror:
             capacity = self.ledger.loads[worker].kv_capacity_tokens
-            self.tree.insert_approximate(worker, request.input_ids, capacity)
+            try:
+                self.tree.insert_approximate(worker, request.input_ids, capacity)
+            except (OverflowError, TypeError):
+                pass  # not token ids (logged by `cached_tokens`): nothing to mirror
 
     def prefill_done(self, rid: str, now_s: float) -> None:
         worker = self.ledger.worker_of(rid)

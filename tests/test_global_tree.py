@@ -114,6 +114,30 @@ def test_clear_forgets_one_worker_only():
     assert tree.num_nodes() == 0 and tree.num_pages_indexed() == 0
 
 
+def test_clear_finds_holds_that_are_not_prefix_closed():
+    """After lost events a worker may hold a page without its parent; a clear still
+    forgets all of it (by a whole-tree pass, counted)."""
+    tree = GlobalTree(2, page_size=1)
+    store(tree, 0, [], [1, 2])
+    store(tree, 1, [1, 2], [3, 4])  # worker 1 never reported storing [1, 2]
+    assert tree.match([1, 2, 3, 4]) == [2, 0]
+    assert tree.tokens_held(1) == 2
+    tree.apply_cleared(1)
+    assert tree.tokens_held(1) == 0 and tree.clear_full_scans == 1
+    assert tree.match([1, 2, 3]) == [2, 0]
+    tree.apply_cleared(0)
+    assert tree.num_nodes() == 0 and tree.clear_full_scans == 1
+
+
+def test_ids_that_are_not_token_ids_raise_a_clear_error():
+    tree = GlobalTree(1, page_size=1)
+    store(tree, 0, [], [1, 2])
+    for bad in ([1, -1], [1, 2**32], [1, "x"]):
+        with pytest.raises((OverflowError, TypeError)):
+            tree.match(bad)
+    assert tree.match([1, 2]) == [2]
+
+
 def test_restoring_after_eviction():
     tree = GlobalTree(1, page_size=1)
     hashes = store(tree, 0, [], [1, 2])
@@ -289,7 +313,7 @@ def test_divergence_at_every_position_of_a_long_node(page):
     tree = GlobalTree(1, page_size=page)
     tree.apply_stored(0, chain(tokens, page), None, tokens)
     for k in range(0, len(tokens), 7 if page == 1 else 5):
-        probe = tokens[:k] + [-1] + tokens[k + 1 :]
+        probe = tokens[:k] + [0] + tokens[k + 1 :]
         assert tree.match(probe) == [k - k % page]
         assert tree.match(tokens[:k]) == [k - k % page]
     assert tree.match(tokens + [5]) == [len(tokens)]

@@ -107,3 +107,12 @@ def test_a_worker_going_down_drops_its_requests_and_cache():
     assert router.tree.tokens_held(1) == 0
     router.set_alive(1, True, now_s=3.0)  # coming back up forgets nothing more
     assert router.ledger.loads[1].alive and policy.events == [("expired", "a", 1)]
+
+
+def test_a_prompt_of_non_token_ids_is_routed_as_uncached():
+    router, policy = make_router()
+    router.route(make_request(rid="a", prefix=[1, 2, 3]), 0.0)
+    bad = make_request(rid="b", prefix=[1, 2, -3])
+    assert router.route(bad, 1.0) == 0
+    assert policy.views[-1] == [0, 0]
+    assert router.ledger.worker_of("b") == 0
