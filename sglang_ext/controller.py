@@ -31,6 +31,7 @@ from sglang.srt.managers.io_struct import PickleWrapper, sock_recv, sock_send, w
 from sglang_ext import completions
 from sglang_ext.kv_events import EventFeedConfig, KVEventSubscriber
 from sglang_ext.length_source import PredictedLengths
+from sglang_ext.load_check import reports_from_snapshots
 from sglang_ext.policies import POLICIES, LengthSource, Request
 from sglang_ext.router import Router, RouterConfig
 from sglang_ext.settings import (
@@ -47,6 +48,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_NEW_TOKENS = 128  # SGLang's default when a request sets none
 POLL_TIMEOUT_MS = 1000  # housekeeping (ledger expiry) runs at least this often
+LOAD_CHECK_INTERVAL_S = 1.0  # how often the ledger is cross-checked with the workers' loads
 
 
 def _policy_name(stock_method: str) -> str | None:
@@ -72,6 +74,7 @@ class PrefixAwareController(DataParallelController):
         self.recv_reports.bind(endpoint)
         os.environ[completions.ENV_ENDPOINT] = endpoint
         self.bad_reports = 0
+        self._last_load_check_s = float("-inf")
         super().__init__(server_args, port_args, run_scheduler_process_func, prelaunched_schedulers)
         stock = self.load_balance_method.name.lower()
         name = _policy_name(stock)
@@ -183,6 +186,9 @@ class PrefixAwareController(DataParallelController):
             if self.router is not None:
                 now = time.monotonic()
                 self.router.expire(now)
+                if now - self._last_load_check_s >= LOAD_CHECK_INTERVAL_S:
+                    self._last_load_check_s = now
+                    self._guarded("the workers' load snapshots", self._check_loads, now)
                 if self.status_writer is not None:
                     if ready:
                         self.status_writer.mark_dirty()
@@ -195,6 +201,15 @@ class PrefixAwareController(DataParallelController):
             fn(*args)
         except Exception:
             logger.exception("controller: error while handling %s; skipped", what)
+
+    def _check_loads(self, now: float) -> None:
+        """Cross-check the ledger with the load snapshots the schedulers publish in
+        shared memory (SGLang's own feed; see `load_check.py`). Runs after worker
+        reports were drained, as the cross-check requires."""
+        snapshots = self.load_snapshot_reader.read_all()
+        for report in reports_from_snapshots(snapshots, now, time.time()):
+            if 0 <= report.worker < self.max_dp_size:
+                self.router.reconcile(report, now)
 
     def _poll_timeout_ms(self) -> int:
         deadline = self.lengths.next_deadline_s() if self.lengths is not None else None
@@ -225,6 +240,7 @@ class PrefixAwareController(DataParallelController):
             },
             "kv_events": self.kv_subscriber.applier.stats if self.kv_subscriber else None,
             "bad_reports": self.bad_reports,
+            "load_check": router.load_check.status(),
             "length_predictions": None if self.lengths is None else {
                 "predicted_in_time": self.lengths.predicted, "fallbacks": self.lengths.fallbacks,
                 "failed": self.lengths.failed,

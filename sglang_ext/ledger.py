@@ -130,6 +130,19 @@ class LoadLedger:
                            "dropped (first: %s)", len(expired), self.expiry_s, expired[0][0])
         return [rid for rid, _ in expired]
 
+    def drop_dispatched_before(self, worker: int, before_s: float) -> list[str]:
+        """Drop the entries of `worker` dispatched before `before_s` (it reported that it
+        has finished them; see `load_check.py`). Visits only entries older than that."""
+        rids = []
+        for rid, entry in self._entries.items():
+            if entry.dispatched_s >= before_s:
+                break
+            if entry.worker == worker:
+                rids.append(rid)
+        for rid in rids:
+            self._remove(rid)
+        return rids
+
     def forget_worker(self, worker: int) -> list[str]:
         """Drop every entry of a worker (it died or restarted)."""
         rids = [rid for rid, e in self._entries.items() if e.worker == worker]

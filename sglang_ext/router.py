@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from sglang_ext.global_tree import GlobalTree
 from sglang_ext.ledger import FinishedRequest, LoadLedger
+from sglang_ext.load_check import LoadCrossCheck, ReportedLoad
 from sglang_ext.policies import LengthSource, Policy, PolicyConfig, Request, make_policy
 from sglang_ext.policies.base import ClusterView
 
@@ -32,6 +33,9 @@ class RouterConfig:
     # router inserts each routed prompt itself and evicts by LRU within capacity.
     exact_mirror: bool = False
     ledger_expiry_s: float = 600.0
+    # Requests sent to a worker this long before it reported itself idle are finished
+    # (see `load_check.py`).
+    load_check_grace_s: float = 2.0
     seed: int = 0
 
 
@@ -44,6 +48,7 @@ class Router:
         )
         self.tree = GlobalTree(config.num_workers, config.page_size)
         self.ledger = LoadLedger(config.num_workers, config.kv_capacity_tokens, config.ledger_expiry_s)
+        self.load_check = LoadCrossCheck(config.num_workers, config.load_check_grace_s)
         self._zeros = [0] * config.num_workers
         self.last_cached_tokens: list[int] = self._zeros  # the view of the latest decision
         logger.info(
@@ -103,6 +108,14 @@ class Router:
 
     def expire(self, now_s: float) -> list[str]:
         return self.ledger.expire(now_s, lambda rid, worker: self.policy.on_expired(rid, worker, now_s))
+
+    def reconcile(self, report: ReportedLoad, now_s: float) -> list[str]:
+        """Cross-check the ledger with a worker's own load report (see `load_check.py`);
+        requests it shows were finished without a completion report are dropped."""
+        stale = self.load_check.observe(report, self.ledger)
+        for rid in stale:
+            self.policy.on_expired(rid, report.worker, now_s)
+        return stale
 
     def update_expected_output(self, rid: str, output_tokens: int) -> None:
         """A length prediction arrived after dispatch: re-weigh the request's decode work."""

@@ -122,6 +122,23 @@ def test_ledger_returns_to_zero_when_all_requests_finish(server):
     assert status["expired"] == 0 and status["bad_reports"] == 0
 
 
+def test_ledger_is_cross_checked_with_the_workers_load_snapshots(server):
+    """SGLang's schedulers publish their own load each step; the controller reads it
+    every second beside its ledger. Idle workers and an empty ledger agree, and no
+    request had to be dropped for a lost completion report."""
+    rng = random.Random(7)
+    generate(server.url, input_ids=ids(rng, 40), max_new_tokens=4)
+    status = server.wait_status(
+        lambda s: s["in_flight"] == 0 and s["load_check"]["reports"] >= 4
+        and all(c is not None and c["reported_requests"] == 0 for c in s["load_check"]["last"]),
+        timeout_s=15)
+    check = status["load_check"]
+    assert check["stale_dropped"] == 0
+    for comparison, load in zip(check["last"], status["loads"]):
+        assert comparison["ledger_requests"] == comparison["reported_requests"] == 0
+        assert load["kv_capacity_tokens"] == KV_TOKENS  # the worker's real KV pool
+
+
 def test_controller_is_idle_when_no_requests_arrive(server):
     pid = server.controller_pid()
     assert pid is not None
