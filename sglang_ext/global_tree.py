@@ -149,6 +149,16 @@ class GlobalTree:
                 # The parent was never stored or already evicted: nothing to attach to.
                 self.skipped_pages += len(block_hashes)
                 return
+            if node.hashes[-1] == parent_hash and not node.children and node.holders == 1 << worker:
+                # The usual store: a worker extends a chain only it holds (a growing
+                # conversation, decode pages). Append in place.
+                node.tokens += data
+                node.hashes += block_hashes
+                by_hash = self._by_hash
+                for h in block_hashes:
+                    by_hash[h] = node
+                self._tokens_held[worker] += len(block_hashes) * page
+                return
             cut = self._page_index(node, parent_hash) + 1
             if cut < len(node.hashes):
                 node, _ = self._split(node, cut)

@@ -6,9 +6,15 @@ What is measured, over synthetic but SGLang-shaped KV-event streams (seeded, det
   view a policy decides on (uncertain workers zeroed, `ClusterView` over the ledger's
   loads), timed per request with `time.perf_counter_ns`; p50/p99 in microseconds, per
   number of workers, prompt length and tree size;
-- event application: pages per second for `BlockStored` (one event per radix node, the
-  usual shape, and one page per event, the decode shape) and `BlockRemoved` (one event
-  per evicted node, leaves first, as SGLang's `evict` emits them);
+- event application: pages per second for `BlockStored` and `BlockRemoved`, in two
+  shapes: one event per radix node (SGLang 0.5.23 emits one event per page but its
+  queue coalesces consecutive chained stores, and consecutive removals, into one event,
+  so this is the shape on the wire) and one page per event (a stress case: what an
+  uncoalesced stream would cost); removals leaves first, as SGLang's `evict` goes. The
+  `feed:` rows time the whole live path at the largest worker count: msgpack batches
+  of SGLang's own event classes, decoded and applied by `EventApplier.on_live`;
+- the benchmark's inputs are frozen out of the cyclic GC (`gc.freeze`), as the live
+  controller freezes its start-up heap; the mirror's own objects are collected as usual;
 - memory per cached token: `tracemalloc` bytes still allocated after the events (made
   inside the traced region, like msgpack-decoded ones) were applied and dropped.
 
@@ -129,6 +135,9 @@ def make_corpus(tree_tokens: int, page: int, system_prompts: int, seed: int) -> 
             distinct += len(t)
         if conv.turns:
             conversations.append(conv)
+    if not conversations:
+        raise SystemExit(f"error: a tree of {tree_tokens:,} tokens holds only the system prompts; "
+                         "raise --tree-tokens or lower --system-prompts")
     return _Corpus(page, sys_tokens, sys_hashes, conversations, distinct)
 
 
@@ -187,6 +196,51 @@ def apply_events(tree: GlobalTree, events: list[tuple]) -> tuple[int, float, flo
         else:
             removed(ev[1], ev[2])
     return pages, time.perf_counter() - t0, time.thread_time() - c0
+
+
+def feed_payloads(events: list[tuple], workers: int, page: int, per_batch: int = 32) -> list[tuple]:
+    """The events as SGLang's publisher sends them: msgpack `KVEventBatch`es of SGLang's
+    own event classes, up to `per_batch` consecutive events of one worker per batch,
+    numbered per worker. Returns (worker, seq, payload, pages) tuples."""
+    import msgspec
+    from sglang.srt.disaggregation.kv_events import BlockRemoved, BlockStored, KVEventBatch
+
+    seqs, out, batch, owner = [0] * workers, [], [], None
+
+    def flush():
+        if batch:
+            payload = msgspec.msgpack.encode(KVEventBatch(ts=0.0, events=list(batch)))
+            pages = sum(len(ev.block_hashes) for ev in batch)
+            out.append((owner, seqs[owner], payload, pages))
+            seqs[owner] += 1
+            batch.clear()
+
+    for ev in events:
+        if ev[1] != owner or len(batch) == per_batch:
+            flush()
+            owner = ev[1]
+        if ev[0] == "S":
+            batch.append(BlockStored(block_hashes=list(ev[2]), parent_block_hash=ev[3], token_ids=list(ev[4]),
+                                     block_size=page, lora_id=None, medium="GPU"))
+        else:
+            batch.append(BlockRemoved(block_hashes=list(ev[2]), medium="GPU"))
+    flush()
+    return out
+
+
+def apply_feed(tree: GlobalTree, payloads: list[tuple]) -> tuple[int, float, float]:
+    """Decode and apply payloads as the live subscriber does (`EventApplier.on_live`)."""
+    from sglang_ext.kv_events import EventApplier
+
+    applier = EventApplier(tree, replay_available=False)
+    on_live = applier.on_live
+    pages = sum(p[3] for p in payloads)
+    t0, c0 = time.perf_counter(), time.thread_time()
+    for worker, seq, payload, _ in payloads:
+        on_live(worker, seq, payload, 0.0)
+    wall, cpu = time.perf_counter() - t0, time.thread_time() - c0
+    assert applier.stats.malformed == 0 and applier.stats.gaps == 0
+    return pages, wall, cpu
 
 
 def _event_row(kind: str, shape: str, page: int, workers: int, tree_tokens: int, events: int,
@@ -273,7 +327,11 @@ def bench_tree_size(cfg: MirrorBenchConfig, page: int, tree_tokens: int, workers
         stores, removes = make_events(corpus, workers, cfg.seed)
         tree = GlobalTree(workers, page)
         ledger = LoadLedger(workers, 1 << 20)
+        # The benchmark's own inputs (millions of lists) are frozen out of the cyclic GC,
+        # as the live controller freezes its start-up heap: otherwise each full
+        # collection would scan them, a cost the controller does not have.
         gc.collect()
+        gc.freeze()
         measured = apply_events(tree, stores)
         held = sum(tree.tokens_held(w) for w in range(workers))
         events.append(_event_row("BlockStored", "per node", page, workers, tree_tokens, len(stores), measured))
@@ -302,7 +360,20 @@ def bench_tree_size(cfg: MirrorBenchConfig, page: int, tree_tokens: int, workers
                                          apply_events(tree, evs)))
             log(f"    workers={workers:<4d} 1 page/event: stored {events[-2]['pages_per_cpu_s']:,.0f} "
                 f"pages/CPU-s, removed {events[-1]['pages_per_cpu_s']:,.0f}")
+            # The whole live path: msgpack batches of SGLang's event classes, decoded and
+            # applied by the subscriber's core. SGLang coalesces consecutive stores (and
+            # removals) into one event, so "per node" is the shape on the wire.
+            for shape, st, rm in (("per node", stores, removes),
+                                  ("1 page/event", per_page(stores, page), per_page(removes, page))):
+                tree = GlobalTree(workers, page)
+                for kind, evs in (("feed:Stored", st), ("feed:Removed", rm)):
+                    payloads = feed_payloads(evs, workers, page)
+                    events.append(_event_row(kind, shape, page, workers, tree_tokens, len(evs),
+                                             apply_feed(tree, payloads)))
+                log(f"    workers={workers:<4d} feed (decode + apply), {shape}: stored "
+                    f"{events[-2]['pages_per_cpu_s']:,.0f} pages/CPU-s, removed {events[-1]['pages_per_cpu_s']:,.0f}")
         del tree, stores, removes
+        gc.unfreeze()
     return decisions, events
 
 
