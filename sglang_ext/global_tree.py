@@ -26,9 +26,10 @@ against a brute-force model on SGLang-shaped event streams in any interleaving):
 Cost: `match` walks the prompt node by node; per node, one C call reads the prompt's
 ints in place against the node's packed tokens up to the first difference (the only
 per-token step: a few ns per token with the compiled helper, see `token_bytes`), and
-the per-worker result is spread with C-level operations: O(prompt tokens) at C speed
-plus O(nodes on the path + workers / 8) Python steps. Applying an event costs O(pages in the event) at C speed
-plus a constant number of splits and merges, none of them per holder (exact mode).
+the per-worker result is spread in C too: O(prompt tokens + workers) at C speed plus
+O(nodes on the path) Python steps. Applying an event costs O(pages in the event) at C
+speed plus a constant number of splits and merges, none of them per holder (exact
+mode).
 
 Two modes share the structure: *exact* (fed by SGLang's KV events, see `kv_events.py`)
 and *approximate* (`insert_approximate` on dispatch, per-worker LRU eviction bounded by
@@ -189,7 +190,7 @@ class GlobalTree:
                 # off in place (no split, no new node).
                 del node.tokens[start * self._page_bytes :]
                 for h in node_hashes[start:]:
-                    del by_hash[h]
+                    by_hash.pop(h, None)
                 del node_hashes[start:]
                 self._tokens_held[worker] -= run * self.page_size
             elif node.holders & bit:
@@ -370,7 +371,7 @@ class GlobalTree:
             if node.hashes and node.hashes[0] is not None:
                 # Each page hash lives in exactly one node (the tests check it).
                 for h in node.hashes:
-                    del by_hash[h]
+                    by_hash.pop(h, None)
             node.parent = None
             node = parent
         return node
