@@ -139,6 +139,26 @@ def test_ledger_is_cross_checked_with_the_workers_load_snapshots(server):
         assert load["kv_capacity_tokens"] == KV_TOKENS  # the worker's real KV pool
 
 
+def test_an_aborted_request_leaves_the_ledger(server):
+    """A request aborted mid-generation must not stay in the ledger (by its completion
+    report, or by the cross-check with the worker's load once the worker is idle)."""
+    rid = f"abort-{uuid.uuid4().hex[:8]}"
+    rng = random.Random(8)
+    with ThreadPoolExecutor(1) as pool:
+        reply = pool.submit(generate, server.url, input_ids=ids(rng, 40), max_new_tokens=3000, rid=rid)
+        server.wait_status(lambda s: s["in_flight"] >= 1, timeout_s=30)
+        time.sleep(0.5)
+        code, _ = post_json(server.url, "/abort_request", {"rid": rid})
+        assert code == 200
+        try:
+            reply.result(timeout=60)
+        except Exception:
+            pass  # an aborted request may end its HTTP call with an error status
+    status = server.wait_status(lambda s: s["in_flight"] == 0, timeout_s=20)
+    assert status["in_flight"] == 0
+    assert all(load["requests"] == 0 for load in status["loads"])
+
+
 def test_controller_is_idle_when_no_requests_arrive(server):
     pid = server.controller_pid()
     assert pid is not None
