@@ -18,7 +18,8 @@ EPILOG = """examples:
   python -m length_model prepare                      # pairs + split + static features (~1 min)
   python -m length_model prepare --embed contextual --max-train 15000 --max-val 3000
   python -m length_model train --head poster --embed contextual
-  python -m length_model train --head rank --embed static --out length_model/artifacts
+  python -m length_model train --head gbm --out length_model/artifacts   # shipped model
+  python -m length_model train --head rank --embed static
   python -m length_model evaluate --model length_model/artifacts runs/length_model/models/poster-contextual
   python -m length_model predict "Write a haiku about autumn." "Explain TCP in detail."
   python -m length_model bench --rate 64 --duration 20
@@ -86,7 +87,57 @@ def _train_cfg(args) -> TrainConfig:
     return dataclasses.replace(base, **changes)
 
 
+def cmd_train_gbm(args) -> int:
+    """Context model: chat-templated prompt (conversation so far) -> gradient-boosted trees."""
+    from .ctxmodel import GbmConfig, train_context_model
+    from .data import build_histories, load_pairs, read_records
+    from .evaluate import format_table
+
+    work = _work(args)
+    try:
+        pairs = load_pairs(work / "pairs.msgpack")
+    except Exception as exc:
+        raise BadInput(str(exc)) from exc
+    histories = build_histories(read_records())
+    cfg = GbmConfig(seed=args.seed, **({"max_iter": args.epochs} if args.epochs else {}))
+    out = pathlib.Path(args.out or work / "models" / "gbm-context")
+    print(f"training context gbm on {sum(p.split == 'train' for p in pairs)} pairs -> {out}",
+          flush=True)
+    t0 = time.monotonic()
+    metrics = train_context_model(pairs, histories, out, cfg)
+    print(f"done in {time.monotonic() - t0:.0f} s")
+    print(format_table({"gbm/context val": metrics["val"], "gbm/context test": metrics["test"],
+                        "constant mean": metrics["test_constant_baseline"]}))
+    return 0
+
+
+def _evaluate_context(folder: pathlib.Path, work: pathlib.Path, split: str, seed: int) -> dict:
+    """End to end through the serving path: rendered chat prompts -> predictor."""
+    import numpy as np
+
+    from .ctxmodel import evaluate_scores, rendered_texts
+    from .data import build_histories, load_pairs, react_pairs, read_records
+    from .serving import LengthPredictor
+
+    if split == "react":
+        pairs, texts = react_pairs(), None
+    else:
+        pairs = [p for p in load_pairs(work / "pairs.msgpack") if p.split == split]
+        texts = rendered_texts(pairs, build_histories(read_records()))
+    texts = texts or [p.prompt for p in pairs]
+    pred = LengthPredictor.load(folder, warmup=False)
+    mu = np.concatenate([pred.context.outputs(texts[s:s + 1000])["mu_log"]
+                         for s in range(0, len(texts), 1000)])
+    y = np.array([p.response_tokens for p in pairs])
+    meta = pred.meta
+    return evaluate_scores(mu, y, float(meta["sigma_log"]),
+                           np.asarray(meta["bucket_edges_tokens"]), meta.get("calibration"), seed,
+                           meta.get("bucket_sigma_log"))
+
+
 def cmd_train(args) -> int:
+    if args.head == "gbm":
+        return cmd_train_gbm(args)
 
     from .evaluate import constant_baseline, evaluate_arrays, format_table
     from .features import load_cache
@@ -140,6 +191,12 @@ def cmd_evaluate(args) -> int:
     work = _work(args)
     cols, report = {}, {}
     for folder in args.model:
+        meta_path = pathlib.Path(folder) / "meta.json"
+        if meta_path.exists() and json.loads(meta_path.read_text()).get("model_kind") == "context-gbm":
+            res = _evaluate_context(pathlib.Path(folder), work, args.split, args.seed)
+            cols["gbm/context"] = res
+            report[str(folder)] = {"name": "gbm/context", "split": args.split, "metrics": res}
+            continue
         try:
             head, ecfg, tcfg, meta = load_artifact(pathlib.Path(folder))
             te = load_cache(work, ecfg, args.split)
@@ -187,7 +244,19 @@ def cmd_bench(args) -> int:
                       max_batch_size=args.max_batch, max_wait_ms=args.max_wait_ms, seed=args.seed)
     pairs_path = _work(args) / "pairs.msgpack"
     if pairs_path.exists():
-        prompts, source = [p.prompt for p in load_pairs(pairs_path) if p.split == "test"], "sharegpt test"
+        # What the controller sees: the chat template of the conversation so far.
+        from .ctxmodel import rendered_texts
+        from .data import build_histories, read_records
+
+        test = [p for p in load_pairs(pairs_path) if p.split == "test"]
+        prompts = rendered_texts(test, build_histories(read_records()))
+        source = "sharegpt test, Llama-3 chat template with earlier turns"
+        # The histories of all 61k pairs were millions of GC-tracked objects: collect them
+        # now, so no full collection pauses the predictor thread during the measurement.
+        import gc
+
+        gc.collect()
+        gc.freeze()
     else:
         prompts, source = [p.prompt for p in react_pairs()], "react"
     pred = LengthPredictor.load(args.model, num_threads=args.threads)
@@ -229,7 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a head on cached features",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     common(p)
-    p.add_argument("--head", default="rank", choices=["poster", "rank"])
+    p.add_argument("--head", default="gbm", choices=["gbm", "poster", "rank"],
+                   help="gbm: context model (shipped); rank/poster: MLP heads on cached features")
     p.add_argument("--epochs", type=int, default=0, help="0 = config default")
     p.add_argument("--max-train-pairs", type=int, default=0)
     p.add_argument("--rank-loss-weight", type=float, default=None)

@@ -204,3 +204,33 @@ def react_pairs() -> list[Pair]:
                 i += 1
     tokens = count_tokens(steps)
     return [Pair(c, t, p, int(n), "react") for t, (c, p, n) in enumerate(zip(ids, prompts, tokens))]
+
+
+def build_histories(records: list[dict]) -> dict[tuple[str, int], list[tuple[str, str]]]:
+    """Earlier turns of every (conv_id, turn) pair: the conversation so far, including the
+    earlier `<id>_<k>` parts of the same conversation (ordered by k, ShareGPT's message
+    offset), as (role, text) with role "user" / "assistant" / "system"."""
+    from .context import ASSISTANT, SYSTEM, USER
+
+    def role(name) -> str:
+        return USER if name in HUMAN_ROLES else ASSISTANT if name in ASSISTANT_ROLES else SYSTEM
+
+    parts: dict[str, list[tuple[int, dict]]] = {}
+    for rec in records:
+        cid = str(rec.get("id", ""))
+        _, sep, tail = cid.rpartition("_")
+        parts.setdefault(group_of(cid), []).append((int(tail) if sep and tail.isdigit() else 0, rec))
+    out: dict[tuple[str, int], list[tuple[str, str]]] = {}
+    for recs in parts.values():
+        earlier: list[tuple[str, str]] = []
+        for _, rec in sorted(recs, key=lambda kv: kv[0]):
+            cid = str(rec.get("id", ""))
+            msgs = earlier[:]
+            raw = rec.get("conversations") or []
+            for i, m in enumerate(raw):
+                if i + 1 < len(raw) and isinstance(m, dict) and m.get("from") in HUMAN_ROLES:
+                    out[(cid, i)] = msgs[:]
+                if isinstance(m, dict) and (m.get("value") or "").strip():
+                    msgs.append((role(m.get("from")), m.get("value") or ""))
+            earlier = msgs
+    return out

@@ -10,6 +10,7 @@ as `PredictorError` (or a subclass), which the caller catches to fall back to
 from __future__ import annotations
 
 import collections
+import json
 import pathlib
 import queue
 import threading
@@ -76,12 +77,24 @@ class LengthPredictor:
                  max_tokens: int = 32768):
         self.encoder, self.head, self.meta, self.train_cfg = encoder, head, meta, train_cfg
         self.max_tokens = max_tokens
+        self.context = None  # a ctxmodel.ContextLengthPredictor for "context-gbm" artifacts
 
     @classmethod
     def load(cls, folder: str | pathlib.Path = DEFAULT_ARTIFACT_DIR, num_threads: int | None = None,
              warmup: bool = True) -> "LengthPredictor":
         """Load head + meta from `folder` and the MiniLM encoder from its installed package."""
         try:
+            meta_path = pathlib.Path(folder) / "meta.json"
+            meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+            if meta.get("model_kind") == "context-gbm":
+                from .ctxmodel import ContextLengthPredictor
+
+                ctx = ContextLengthPredictor.load(pathlib.Path(folder), meta, num_threads)
+                pred = cls(ctx.encoder, None, meta, ctx.train_cfg)
+                pred.context = ctx
+                if warmup:
+                    ctx.warm_up()
+                return pred
             head, embed_cfg, train_cfg, meta = load_artifact(pathlib.Path(folder))
             if num_threads is not None:
                 import dataclasses
@@ -100,6 +113,8 @@ class LengthPredictor:
         if not isinstance(texts, (list, tuple)):
             raise PredictorError("texts must be a list of str")
         try:
+            if self.context is not None:  # chat-templated text parsed by the model itself
+                return self.context.outputs(texts)
             x = self.encoder.encode([last_user_turn(t) for t in texts])
             x = select_columns(x, self.train_cfg.use_surface_features)
             with torch.no_grad():

