@@ -23,3 +23,4 @@ def test_mirror_bench_runs_and_saves_every_section(tmp_path):
     assert all(e["pages"] > 0 and e["pages_per_cpu_s"] > 0 for e in data["events"])
     assert data["memory"][0]["bytes_per_distinct_token"] > 0
     assert "decision path" in proc.stdout and "saved" in proc.stdout
+    assert (tmp_path / "mirror.png").stat().st_size > 10_000

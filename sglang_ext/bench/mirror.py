@@ -437,6 +437,43 @@ def format_table(decisions: list[dict], events: list[dict], memory: list[dict]) 
     return "\n".join(lines)
 
 
+def plot(decisions: list[dict], events: list[dict], path: str) -> None:
+    """Left: decision CPU p99 against tree size for the longest prompt, one line per
+    worker count and page size. Right: event pages per CPU-second at the largest worker
+    count, by kind and shape. Both with their targets."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
+    longest = max(r["prompt_tokens"] for r in decisions)
+    for page in sorted({r["page_size"] for r in decisions}, reverse=True):
+        for workers in sorted({r["workers"] for r in decisions}):
+            rows = sorted((r for r in decisions if r["page_size"] == page and r["workers"] == workers
+                           and r["prompt_tokens"] == longest), key=lambda r: r["tree_tokens"])
+            if rows:
+                left.plot([r["tree_tokens"] for r in rows], [r["cpu_p99_us"] for r in rows], marker="o",
+                          linestyle="-" if page > 1 else "--", label=f"{workers} workers, page {page}")
+    left.axhline(TARGET_P99_US, color="red", linewidth=1, label="target")
+    left.set_ylim(bottom=0)
+    left.set(xscale="log", xlabel="cached tokens in the mirror", ylabel="CPU p99, us",
+             title=f"decision path (match + view), {longest}-token prompts")
+    left.legend(fontsize=7)
+    top = max(e["workers"] for e in events)
+    rows = [e for e in events if e["workers"] == top and e["tree_tokens"] == min(x["tree_tokens"] for x in events)]
+    labels = [f"{e['kind']}\n{e['shape']}, page {e['page_size']}" for e in rows]
+    right.barh(range(len(rows)), [e["pages_per_cpu_s"] / 1e6 for e in rows], color="tab:blue")
+    right.set_yticks(range(len(rows)), labels, fontsize=7)
+    right.axvline(TARGET_PAGES_PER_S / 1e6, color="red", linewidth=1, label="target")
+    right.set(xlabel="million pages per CPU-second",
+              title=f"event application, {top} workers (feed: decode + apply)")
+    right.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def verdict(decisions: list[dict], events: list[dict]) -> list[str]:
     out = []
     top = [r for r in decisions if r["workers"] == max(x["workers"] for x in decisions)
@@ -540,4 +577,10 @@ def run(args: argparse.Namespace) -> int:
     with open(args.out, "w") as f:
         json.dump(payload, f, indent=2)
     print(f"saved {args.out}")
+    png = os.path.splitext(args.out)[0] + ".png"
+    try:
+        plot(decisions, events, png)
+        print(f"saved {png}")
+    except ImportError:
+        print("matplotlib is not installed: no plot")
     return 0
