@@ -9,13 +9,18 @@ training and serving; training renders each ShareGPT pair with `context.render_c
   a letter/digit (cut off?), trailing newlines;
 - a ridge regression over hashed word 1-2-gram TF-IDF of the last user message (1 score;
   out-of-fold by conversation group on the training split, so the trees do not learn to
-  trust an over-fitted score).
-A `HistGradientBoostingRegressor` fits log(1 + tokens); it is served by `trees.TreeEnsemble`
-(numpy, no pickle). A small MLP (`heads.RankHead`: Gaussian NLL + RankNet loss, early stop on
-validation Kendall tau) on the same features is blended in log space with weight
-`blend_mlp` (chosen on validation). Bucket probabilities use a log-normal around the
-prediction whose spread is chosen on validation (weighted F1); expected tokens use an
-isotonic map fitted on validation.
+  trust an over-fitted score);
+- nearest-neighbour length prior (`knn.NAMES`, 27): lengths of the answers to the most
+  similar training requests (static embeddings of the prompt and the previous answer;
+  out of fold on the training split), and the previous answer's PCA coordinates;
+- text cues (`cues.NAMES`, 21): explicit length requests, task words, script.
+LightGBM fits log(1 + tokens) with the Huber loss (the log target has heavy outliers, e.g.
+one-token answers, that the squared loss chases: +0.01 validation tau); it is served by
+`trees.TreeEnsemble` (numpy, no pickle; LightGBM is needed for training only). A small MLP
+(`heads.RankHead`: Gaussian NLL + RankNet loss, early stop on validation Kendall tau) on
+the same features is blended in log space with weight `blend_mlp` (chosen on validation).
+Bucket probabilities use a log-normal around the prediction whose spread is chosen on
+validation (weighted F1); expected tokens use an isotonic map fitted on validation.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import time
 
 import numpy as np
 
+from . import cues, knn
 from .config import EmbedConfig, to_dict
 from .context import ASSISTANT, CONTEXT_NAMES, context_features, render_chat, split_prompt
 from .embed import EMBED_DIM, SURFACE_NAMES, Encoder
@@ -47,11 +53,16 @@ class GbmConfig:
     hash_features: int = 2 ** 18
     ridge_alpha: float = 1.0
     ridge_folds: int = 5
-    max_iter: int = 400
-    learning_rate: float = 0.08
+    # LightGBM (chosen on validation: Huber beat squared loss by +0.01 tau).
+    max_iter: int = 1200
+    learning_rate: float = 0.05
     max_leaf_nodes: int = 63
-    max_depth: int = 12
+    max_depth: int = 12  # bounds the numpy tree walk at serving time
     min_samples_leaf: int = 40
+    huber_alpha: float = 0.5
+    feature_fraction: float = 0.5
+    bagging_fraction: float = 0.8
+    lambda_l2: float = 1.0
     num_buckets: int = 20
     num_threads: int = 2
     mlp_hidden: tuple[int, ...] = (256, 128)
@@ -82,15 +93,18 @@ def _hasher(n_features: int):
 
 class ContextFeaturizer:
     """Chat-templated prompt -> feature vector. `base_features` needs no fitted state;
-    `features` adds the fitted ridge score."""
+    `features` adds the fitted ridge score and neighbour prior."""
 
-    def __init__(self, encoder: Encoder, cfg: GbmConfig, fitted: dict | None = None):
+    def __init__(self, encoder: Encoder, cfg: GbmConfig, fitted: dict | None = None,
+                 prior: knn.KnnPrior | None = None):
         self.encoder, self.cfg = encoder, cfg
         self.hasher = _hasher(cfg.hash_features)
         self.fitted = fitted or {}
+        self.prior = prior
 
-    def base_features(self, texts: list[str]) -> tuple[np.ndarray, list[str]]:
-        """(dense [n, 389 + 8 + 4], hashed-text inputs)."""
+    def base_features(self, texts: list[str]) -> tuple[np.ndarray, list[str], np.ndarray]:
+        """(dense [n, 389 + 8 + 4 + 21 cues], hashed-text inputs, static embedding [n, 384]
+        of the previous answer's tail (zeros without one), for the neighbour prior)."""
         prompts, hists, prev = [], [], []
         for t in texts:
             last, hist = split_prompt(t if isinstance(t, str) else str(t))
@@ -100,7 +114,9 @@ class ContextFeaturizer:
         emb = self.encoder.encode(prompts)
         ctx = context_features(prompts, hists)
         tail = np.array([tail_features(p) for p in prev], dtype=np.float32).reshape(-1, 4)
-        return np.hstack([emb, ctx, tail]), [_cut(p) for p in prompts]
+        cut = [_cut(p) for p in prompts]
+        prev_emb = self.encoder.encode([p[-knn.PREV_CHARS:] for p in prev])[:, :EMBED_DIM]
+        return np.hstack([emb, ctx, tail, cues.cue_features(cut)]), cut, prev_emb
 
     def tfidf(self, cut_prompts: list[str]):
         from sklearn.preprocessing import normalize
@@ -125,16 +141,18 @@ class ContextFeaturizer:
         return out
 
     def features(self, texts: list[str]) -> np.ndarray:
-        dense, cut = self.base_features(texts)
-        return assemble(dense, self.ridge_score(cut))
+        dense, cut, prev_emb = self.base_features(texts)
+        return assemble(dense, self.ridge_score(cut),
+                        self.prior.features(dense[:, :EMBED_DIM], prev_emb))
 
 
-def assemble(dense: np.ndarray, ridge: np.ndarray) -> np.ndarray:
-    return np.hstack([dense, np.asarray(ridge).reshape(-1, 1)]).astype(np.float32)
+def assemble(dense: np.ndarray, ridge: np.ndarray, neighbours: np.ndarray) -> np.ndarray:
+    return np.hstack([dense, np.asarray(ridge).reshape(-1, 1), neighbours]).astype(np.float32)
 
 
 FEATURE_NAMES = ([f"static_{i}" for i in range(EMBED_DIM)] + list(SURFACE_NAMES)
-                 + list(CONTEXT_NAMES) + list(TAIL_NAMES) + ["ridge_word12"])
+                 + list(CONTEXT_NAMES) + list(TAIL_NAMES) + list(cues.NAMES) + ["ridge_word12"]
+                 + list(knn.NAMES))
 
 
 def lognormal_bucket_probs(mu_log: np.ndarray, sigma: float, edges_tokens: np.ndarray) -> np.ndarray:
@@ -159,19 +177,19 @@ def rendered_texts(pairs, histories) -> list[str]:
 
 
 def featurize_pairs(feat: ContextFeaturizer, pairs, histories, chunk: int = 2000, label: str = ""):
-    dense, cut = [], []
+    dense, cut, prev = [], [], []
     t0 = time.monotonic()
     for s in range(0, len(pairs), chunk):
-        d, c = feat.base_features(rendered_texts(pairs[s:s + chunk], histories))
-        dense.append(d), cut.extend(c)
+        d, c, a = feat.base_features(rendered_texts(pairs[s:s + chunk], histories))
+        dense.append(d), cut.extend(c), prev.append(a)
         _log(f"  features {label}: {min(s + chunk, len(pairs))}/{len(pairs)} "
              f"({time.monotonic() - t0:.0f} s)")
-    return np.vstack(dense), cut
+    return np.vstack(dense), cut, np.vstack(prev)
 
 
 def train_context_model(pairs, histories, out: pathlib.Path, cfg: GbmConfig,
                         embed_cfg: EmbedConfig | None = None) -> dict:
-    from sklearn.ensemble import HistGradientBoostingRegressor
+    import lightgbm as lgb
     from sklearn.feature_extraction.text import TfidfTransformer
     from sklearn.linear_model import Ridge
     from sklearn.model_selection import GroupKFold
@@ -202,23 +220,33 @@ def train_context_model(pairs, histories, out: pathlib.Path, cfg: GbmConfig,
                          random_state=cfg.seed)
 
         groups = np.array([group_of(p.conv_id) for p in by_split["train"]])
+        folds = list(GroupKFold(cfg.ridge_folds).split(ly_tr, groups=groups))
         oof = np.zeros(len(ly_tr))
-        for k, (a, b) in enumerate(GroupKFold(cfg.ridge_folds).split(ly_tr, groups=groups)):
+        for a, b in folds:
             oof[b] = ridge().fit(xs["train"][a], ly_tr[a]).predict(xs["train"][b])
         full = ridge().fit(xs["train"], ly_tr)
         feat.fitted["ridge_coef"] = full.coef_.astype(np.float32)
         feat.fitted["ridge_intercept"] = np.float64(full.intercept_)
         ridge_s = {"train": oof, **{s: feat.ridge_score(base[s][1]) for s in ("val", "test")}}
         _log(f"  ridge (tf-idf) done ({time.monotonic() - t0:.0f} s)")
-        X = {s: assemble(base[s][0], ridge_s[s]) for s in base}
-        gbm = HistGradientBoostingRegressor(
-            max_iter=cfg.max_iter, learning_rate=cfg.learning_rate,
-            max_leaf_nodes=cfg.max_leaf_nodes, max_depth=cfg.max_depth,
-            min_samples_leaf=cfg.min_samples_leaf, early_stopping=False,
-            random_state=cfg.seed, verbose=0)
+        # Neighbour prior: out of fold on train (same folds as the ridge score).
+        dense_tr, _, prev_tr = base["train"]
+        prior = knn.KnnPrior.fit(dense_tr[:, :EMBED_DIM], prev_tr, ly_tr, cfg.seed)
+        feat.prior = prior
+        near = {"train": prior.out_of_fold(prev_tr, folds),
+                **{s: prior.features(base[s][0][:, :EMBED_DIM], base[s][2])
+                   for s in ("val", "test")}}
+        _log(f"  neighbour prior done ({time.monotonic() - t0:.0f} s)")
+        X = {s: assemble(base[s][0], ridge_s[s], near[s]) for s in base}
+        params = dict(objective="huber", alpha=cfg.huber_alpha, learning_rate=cfg.learning_rate,
+                      num_leaves=cfg.max_leaf_nodes, max_depth=cfg.max_depth,
+                      min_data_in_leaf=cfg.min_samples_leaf, feature_fraction=cfg.feature_fraction,
+                      bagging_fraction=cfg.bagging_fraction, bagging_freq=1,
+                      lambda_l2=cfg.lambda_l2, num_threads=cfg.num_threads, seed=cfg.seed,
+                      deterministic=True, force_row_wise=True, verbose=-1)
         _log(f"  fitting {cfg.max_iter} trees on {X['train'].shape} ...")
-        gbm.fit(X["train"], ly_tr)
-    trees = TreeEnsemble.from_sklearn(gbm)
+        booster = lgb.train(params, lgb.Dataset(X["train"], ly_tr), cfg.max_iter)
+    trees = TreeEnsemble.from_lightgbm(booster)
     _log(f"  trees fitted ({time.monotonic() - t0:.0f} s); MLP ...")
     import torch
 
@@ -286,7 +314,8 @@ def save_context_model(folder: pathlib.Path, feat: ContextFeaturizer, trees: Tre
                        sigma: float, cal: dict, edges: np.ndarray, embed_cfg: EmbedConfig,
                        extra: dict) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    arrays = {**trees.to_arrays(), **{k: np.asarray(v) for k, v in feat.fitted.items()}}
+    arrays = {**trees.to_arrays(), **feat.prior.to_arrays(),
+              **{k: np.asarray(v) for k, v in feat.fitted.items()}}
     np.savez_compressed(folder / MODEL_FILE, **arrays)
     meta = {"model_kind": MODEL_KIND, "gbm_config": to_dict(feat.cfg),
             "embed_config": to_dict(embed_cfg), "feature_names": FEATURE_NAMES,
@@ -363,8 +392,9 @@ class ContextLengthPredictor:
             head = RankHead(int(meta["in_dim"]), tuple(gcfg.mlp_hidden))
             head.load_state_dict(torch.load(folder / MLP_FILE, map_location="cpu", weights_only=True))
             mlp = NumpyRankMLP(head.eval())
-        return cls(ContextFeaturizer(Encoder(embed_cfg), gcfg, fitted),
-                   TreeEnsemble.from_arrays(arrays), meta, mlp)
+        featurizer = ContextFeaturizer(Encoder(embed_cfg), gcfg, fitted,
+                                       knn.KnnPrior.from_arrays(arrays))
+        return cls(featurizer, TreeEnsemble.from_arrays(arrays), meta, mlp)
 
     def outputs(self, texts: list[str]) -> dict[str, np.ndarray]:
         from .train import apply_calibration

@@ -1,4 +1,5 @@
-"""A fitted scikit-learn `HistGradientBoostingRegressor` as plain numpy arrays.
+"""A fitted LightGBM booster (or scikit-learn `HistGradientBoostingRegressor`) as plain numpy
+arrays.
 
 sklearn's own `predict` costs about 7 ms per call (a Python loop over the trees), too slow
 for the serving budget; here all trees are walked at once with vectorised numpy, one step
@@ -42,6 +43,34 @@ class TreeEnsemble:
         return cls(np.concatenate(feats), np.concatenate(thr), np.concatenate(lefts),
                    np.concatenate(rights), np.concatenate(vals), np.asarray(roots),
                    float(np.ravel(model._baseline_prediction)[0]), depth)
+
+    @classmethod
+    def from_lightgbm(cls, booster) -> "TreeEnsemble":
+        """Flatten a LightGBM regression booster (numerical splits `x <= threshold`; our
+        features are never NaN, so the missing-value direction never applies). LightGBM
+        folds the starting value into the first tree, so the baseline is 0."""
+        feats, thr, lefts, rights, vals, roots = [], [], [], [], [], []
+        depth = 0
+
+        def add(node: dict, level: int) -> int:
+            nonlocal depth
+            i = len(feats)
+            feats.append(0), thr.append(np.inf), lefts.append(i), rights.append(i), vals.append(0.0)
+            if "leaf_value" in node:  # a leaf points to itself
+                vals[i] = float(node["leaf_value"])
+                depth = max(depth, level)
+                return i
+            if node.get("decision_type", "<=") != "<=":
+                raise ValueError(f"unsupported LightGBM split {node.get('decision_type')!r}")
+            feats[i], thr[i] = int(node["split_feature"]), float(node["threshold"])
+            lefts[i] = add(node["left_child"], level + 1)
+            rights[i] = add(node["right_child"], level + 1)
+            return i
+
+        for tree in booster.dump_model()["tree_info"]:
+            roots.append(add(tree["tree_structure"], 0))
+        return cls(np.asarray(feats), np.asarray(thr), np.asarray(lefts), np.asarray(rights),
+                   np.asarray(vals), np.asarray(roots), 0.0, depth)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, dtype=np.float64)

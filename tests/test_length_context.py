@@ -1,6 +1,7 @@
 """length_model context model: chat parsing/rendering round trip (training and serving see
 the same text), conversation histories across ShareGPT parts, context features, and the
-numpy tree ensemble equal to scikit-learn's predictions."""
+numpy tree ensemble equal to scikit-learn's and LightGBM's predictions, the nearest-neighbour
+length prior and the text cues."""
 
 from __future__ import annotations
 
@@ -82,6 +83,53 @@ def test_tree_ensemble_matches_sklearn():
     np.testing.assert_allclose(trees.predict(x), m.predict(x), atol=1e-5)
     again = TreeEnsemble.from_arrays(trees.to_arrays())
     np.testing.assert_allclose(again.predict(x[:7]), m.predict(x[:7]), atol=1e-5)
+
+
+def test_tree_ensemble_matches_lightgbm():
+    lgb = pytest.importorskip("lightgbm")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(600, 5)).astype(np.float32)
+    y = x[:, 0] + np.sin(3 * x[:, 1]) + 0.1 * rng.normal(size=600)
+    booster = lgb.train(dict(objective="huber", alpha=0.5, num_leaves=15, max_depth=5,
+                             min_data_in_leaf=10, verbose=-1, num_threads=1, seed=0),
+                        lgb.Dataset(x, y), 30)
+    trees = TreeEnsemble.from_lightgbm(booster)
+    assert trees.max_depth <= 5
+    np.testing.assert_allclose(trees.predict(x), booster.predict(x), atol=1e-9)
+    again = TreeEnsemble.from_arrays(trees.to_arrays())  # float32 thresholds / values
+    np.testing.assert_allclose(again.predict(x), booster.predict(x), atol=1e-5)
+
+
+def test_knn_prior_features_and_round_trip():
+    from length_model.knn import NAMES, PREV_DIM, KnnPrior
+
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(300, 96)).astype(np.float32)
+    prev = rng.normal(size=(300, 96)).astype(np.float32)
+    prev[::2] = 0.0  # no previous answer
+    log_len = rng.uniform(1, 7, size=300).astype(np.float32)
+    prior = KnnPrior.fit(emb, prev, log_len, seed=0)
+    f = prior.features(emb[:3], prev[:3])
+    assert f.shape == (3, len(NAMES))
+    np.testing.assert_allclose(f[:, 0], 1.0, atol=2e-2)  # a training row finds itself
+    np.testing.assert_allclose(f[:, 1], log_len[:3], atol=1e-2)
+    assert np.all(f[0, -PREV_DIM:] == 0) and np.any(f[1, -PREV_DIM:] != 0)
+    folds = [(np.arange(150, 300), np.arange(150)), (np.arange(150), np.arange(150, 300))]
+    oof = prior.out_of_fold(prev, folds)
+    assert oof.shape == (300, len(NAMES)) and np.all(oof[:, 0] < 0.99)  # never itself
+    again = KnnPrior.from_arrays({k: np.asarray(v) for k, v in prior.to_arrays().items()})
+    np.testing.assert_allclose(again.features(emb[:3], prev[:3]), f, atol=1e-2)
+
+
+def test_text_cues():
+    from length_model.cues import NAMES, cue_features
+
+    texts = ["Write a 500-word essay about Rome.", "Answer yes or no: is TCP reliable?",
+             "Переведи текст"]
+    x = dict(zip(NAMES, cue_features(texts).T))
+    assert x["words_req"][0] == pytest.approx(np.log1p(500)) and x["words_req"][1] == 0
+    assert x["write"][0] == 1 and x["short"][1] == 1 and x["short"][0] == 0
+    assert x["log_qmarks"][1] > 0 and x["frac_cyrillic"][2] > 0.8
 
 
 def test_lognormal_bucket_probs_sum_to_one():
