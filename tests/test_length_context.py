@@ -86,7 +86,8 @@ def test_tree_ensemble_matches_sklearn():
 
 
 def test_tree_ensemble_matches_lightgbm():
-    lgb = pytest.importorskip("lightgbm")
+    import lightgbm as lgb  # a declared dependency: a missing install must fail here
+
     rng = np.random.default_rng(0)
     x = rng.normal(size=(600, 5)).astype(np.float32)
     y = x[:, 0] + np.sin(3 * x[:, 1]) + 0.1 * rng.normal(size=600)
