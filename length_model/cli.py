@@ -19,6 +19,11 @@ EPILOG = """examples:
   python -m length_model prepare --embed contextual --max-train 15000 --max-val 3000
   python -m length_model train --head poster --embed contextual
   python -m length_model train --head gbm --out length_model/artifacts   # shipped model
+  python -m length_model finetune-data --out runs/length_model/finetune_input   # then, on a GPU:
+  python -m length_model.finetune --data runs/length_model/finetune_input/data.npz \
+      --base runs/length_model/finetune_input/minilm --layers 4 --out runs/length_model/finetuned
+  python -m length_model train --head gbm --finetuned length_model/artifacts_finetuned \
+      --out length_model/artifacts_finetuned   # the fine-tuned model, from its shipped scores
   python -m length_model train --head rank --embed static
   python -m length_model evaluate --model length_model/artifacts runs/length_model/models/poster-contextual
   python -m length_model predict "Write a haiku about autumn." "Explain TCP in detail."
@@ -103,8 +108,10 @@ def cmd_train_gbm(args) -> int:
     out = pathlib.Path(args.out or work / "models" / "gbm-context")
     print(f"training context gbm on {sum(p.split == 'train' for p in pairs)} pairs -> {out}",
           flush=True)
+    finetuned = pathlib.Path(args.finetuned) if args.finetuned else None
+    print(f"fine-tuned MiniLM scorer: {finetuned or 'none'}", flush=True)
     t0 = time.monotonic()
-    metrics = train_context_model(pairs, histories, out, cfg)
+    metrics = train_context_model(pairs, histories, out, cfg, finetuned=finetuned)
     print(f"done in {time.monotonic() - t0:.0f} s")
     print(format_table({"gbm/context val": metrics["val"], "gbm/context test": metrics["test"],
                         "constant mean": metrics["test_constant_baseline"]}))
@@ -133,6 +140,51 @@ def _evaluate_context(folder: pathlib.Path, work: pathlib.Path, split: str, seed
     return evaluate_scores(mu, y, float(meta["sigma_log"]),
                            np.asarray(meta["bucket_edges_tokens"]), meta.get("calibration"), seed,
                            meta.get("bucket_sigma_log"))
+
+
+def cmd_finetune_data(args) -> int:
+    """Token ids, targets, splits and folds for `python -m length_model.finetune`, and a
+    half-precision copy of MiniLM, so that fine-tuning can run on a machine without this
+    project's dependencies (only torch, numpy, transformers)."""
+    import numpy as np
+    from transformers import AutoModel, AutoTokenizer
+
+    from .context import ASSISTANT, split_prompt
+    from .ctxmodel import GbmConfig, rendered_texts, train_folds
+    from .data import build_histories, load_pairs, read_records
+    from .embed import minilm_path
+    from .finetune import FinetuneConfig, input_ids
+
+    work = _work(args)
+    try:
+        pairs = load_pairs(work / "pairs.msgpack")
+    except Exception as exc:
+        raise BadInput(str(exc)) from exc
+    order = {"train": 0, "val": 1, "test": 2}
+    pairs = [p for p in pairs if p.split in order]
+    texts = rendered_texts(pairs, build_histories(read_records()))
+    prompts, prevs = [], []
+    for t in texts:
+        last, hist = split_prompt(t)
+        prompts.append(last)
+        prevs.append(next((c for r, c in reversed(hist) if r == ASSISTANT), ""))
+    base = minilm_path()
+    tok = AutoTokenizer.from_pretrained(str(base), local_files_only=True)
+    ids = input_ids(tok, prompts, prevs, FinetuneConfig())
+    split = np.array([order[p.split] for p in pairs], dtype=np.int8)
+    fold = np.full(len(pairs), -1, dtype=np.int8)
+    train_rows = np.flatnonzero(split == 0)
+    for k, (_, held) in enumerate(train_folds([pairs[i] for i in train_rows], GbmConfig.ridge_folds)):
+        fold[train_rows[held]] = k
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(out / "data.npz", ids=ids.astype(np.uint16), split=split, fold=fold,
+                        y=np.array([p.response_tokens for p in pairs], dtype=np.int32),
+                        key=np.array([f"{p.conv_id}#{p.turn}" for p in pairs]))
+    AutoModel.from_pretrained(str(base), local_files_only=True).half().save_pretrained(out / "minilm")
+    tok.save_pretrained(out / "minilm")
+    print(f"{len(pairs)} rows ({int((split == 0).sum())} train) -> {out}")
+    return 0
 
 
 def cmd_train(args) -> int:
@@ -303,8 +355,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=0, help="0 = config default")
     p.add_argument("--max-train-pairs", type=int, default=0)
     p.add_argument("--rank-loss-weight", type=float, default=None)
+    p.add_argument("--finetuned", default=None,
+                   help="gbm: folder with a fine-tuned MiniLM scorer and its out-of-fold scores "
+                        "(`python -m length_model.finetune`, or the shipped "
+                        "length_model/artifacts_finetuned); default: without")
     p.add_argument("--out", default=None, help="artifact folder (default work-dir/models/HEAD-KIND)")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("finetune-data", help="inputs for `python -m length_model.finetune`",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    common(p, embed=False)
+    p.add_argument("--out", default=f"{DEFAULT_WORK_DIR}/finetune_input")
+    p.set_defaults(func=cmd_finetune_data)
 
     p = sub.add_parser("evaluate", help="metrics of trained models vs the poster",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -15,6 +15,9 @@ from typing import Any
 DEFAULT_WORK_DIR = "runs/length_model"
 # Committed, small run-time artifact (trained head + card).
 DEFAULT_ARTIFACT_DIR = str(pathlib.Path(__file__).resolve().parent / "artifacts")
+# The same model plus a fine-tuned 4-layer MiniLM scorer: ranks better, costs about 2 ms
+# more per request on one CPU thread (see its MODEL_CARD.md); not the controller's default.
+FINETUNED_ARTIFACT_DIR = str(pathlib.Path(__file__).resolve().parent / "artifacts_finetuned")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -96,27 +96,37 @@ class ContextFeaturizer:
     `features` adds the fitted ridge score and neighbour prior."""
 
     def __init__(self, encoder: Encoder, cfg: GbmConfig, fitted: dict | None = None,
-                 prior: knn.KnnPrior | None = None):
+                 prior: knn.KnnPrior | None = None, scorer=None):
         self.encoder, self.cfg = encoder, cfg
         self.hasher = _hasher(cfg.hash_features)
         self.fitted = fitted or {}
         self.prior = prior
+        self.scorer = scorer  # finetune.FinetunedScorer, or None (an artifact without one)
 
-    def base_features(self, texts: list[str]) -> tuple[np.ndarray, list[str], np.ndarray]:
-        """(dense [n, 389 + 8 + 4 + 21 cues], hashed-text inputs, static embedding [n, 384]
-        of the previous answer's tail (zeros without one), for the neighbour prior)."""
+    @staticmethod
+    def split(texts: list[str]) -> tuple[list[str], list, list[str]]:
+        """(last user messages, earlier turns, previous assistant answers ("" if none))."""
         prompts, hists, prev = [], [], []
         for t in texts:
             last, hist = split_prompt(t if isinstance(t, str) else str(t))
             prompts.append(last)
             hists.append(hist)
             prev.append(next((c for r, c in reversed(hist) if r == ASSISTANT), ""))
+        return prompts, hists, prev
+
+    def base_features(self, texts: list[str], parsed=None):
+        """(dense [n, 389 + 8 + 4 + 21 cues], hashed-text inputs, static embedding [n, 384]
+        of the previous answer's tail (zeros without one), for the neighbour prior, and the
+        fine-tuned scorer's inputs: (last user messages, previous answers)). `parsed`: what
+        `split(texts)` returns, if the caller has it."""
+        prompts, hists, prev = parsed or self.split(texts)
         emb = self.encoder.encode(prompts)
         ctx = context_features(prompts, hists)
         tail = np.array([tail_features(p) for p in prev], dtype=np.float32).reshape(-1, 4)
         cut = [_cut(p) for p in prompts]
         prev_emb = self.encoder.encode([p[-knn.PREV_CHARS:] for p in prev])[:, :EMBED_DIM]
-        return np.hstack([emb, ctx, tail, cues.cue_features(cut)]), cut, prev_emb
+        return (np.hstack([emb, ctx, tail, cues.cue_features(cut)]), cut, prev_emb,
+                (prompts, prev))
 
     def tfidf(self, cut_prompts: list[str]):
         from sklearn.preprocessing import normalize
@@ -141,18 +151,25 @@ class ContextFeaturizer:
         return out
 
     def features(self, texts: list[str]) -> np.ndarray:
-        dense, cut, prev_emb = self.base_features(texts)
+        parsed = self.split(texts)
+        dense, cut, prev_emb, _ = self.base_features(texts, parsed)
         return assemble(dense, self.ridge_score(cut),
-                        self.prior.features(dense[:, :EMBED_DIM], prev_emb))
+                        self.prior.features(dense[:, :EMBED_DIM], prev_emb),
+                        self.scorer(parsed[0], parsed[2]) if self.scorer is not None else None)
 
 
-def assemble(dense: np.ndarray, ridge: np.ndarray, neighbours: np.ndarray) -> np.ndarray:
-    return np.hstack([dense, np.asarray(ridge).reshape(-1, 1), neighbours]).astype(np.float32)
+def assemble(dense: np.ndarray, ridge: np.ndarray, neighbours: np.ndarray,
+             encoder_score: np.ndarray | None = None) -> np.ndarray:
+    cols = [dense, np.asarray(ridge).reshape(-1, 1), neighbours]
+    if encoder_score is not None:
+        cols.append(np.asarray(encoder_score).reshape(-1, 1))
+    return np.hstack(cols).astype(np.float32)
 
 
 FEATURE_NAMES = ([f"static_{i}" for i in range(EMBED_DIM)] + list(SURFACE_NAMES)
                  + list(CONTEXT_NAMES) + list(TAIL_NAMES) + list(cues.NAMES) + ["ridge_word12"]
                  + list(knn.NAMES))
+ENCODER_SCORE_NAME = "finetuned_minilm_log_len"
 
 
 def lognormal_bucket_probs(mu_log: np.ndarray, sigma: float, edges_tokens: np.ndarray) -> np.ndarray:
@@ -177,31 +194,70 @@ def rendered_texts(pairs, histories) -> list[str]:
 
 
 def featurize_pairs(feat: ContextFeaturizer, pairs, histories, chunk: int = 2000, label: str = ""):
-    dense, cut, prev = [], [], []
+    dense, cut, prev, prompts, prev_texts = [], [], [], [], []
     t0 = time.monotonic()
     for s in range(0, len(pairs), chunk):
-        d, c, a = feat.base_features(rendered_texts(pairs[s:s + chunk], histories))
-        dense.append(d), cut.extend(c), prev.append(a)
+        d, c, a, (u, p) = feat.base_features(rendered_texts(pairs[s:s + chunk], histories))
+        dense.append(d), cut.extend(c), prev.append(a), prompts.extend(u), prev_texts.extend(p)
         _log(f"  features {label}: {min(s + chunk, len(pairs))}/{len(pairs)} "
              f"({time.monotonic() - t0:.0f} s)")
-    return np.vstack(dense), cut, np.vstack(prev)
+    return np.vstack(dense), cut, np.vstack(prev), (prompts, prev_texts)
+
+
+def encoder_scores(feat: ContextFeaturizer, folder: pathlib.Path, base: dict, train_pairs) -> dict:
+    """The fine-tuned scorer's feature per split: out of fold on train (from the
+    fine-tuning run, matched by pair key), the served scorer itself elsewhere."""
+    from .finetune import OOF_FILE
+
+    with np.load(folder / OOF_FILE) as z:
+        oof = dict(zip(z["key"].tolist(), z["oof"].astype(np.float32).tolist()))
+    keys = [f"{p.conv_id}#{p.turn}" for p in train_pairs]
+    missing = [k for k in keys if k not in oof]
+    if missing:
+        raise ValueError(f"{folder / OOF_FILE} lacks {len(missing)} training pairs (e.g. "
+                         f"{missing[0]}): fine-tune again on this split")
+    out = {"train": np.array([oof[k] for k in keys], dtype=np.float32)}
+    t0 = time.monotonic()
+    for s in base:
+        if s != "train":
+            out[s] = feat.scorer(*base[s][3])
+            _log(f"  fine-tuned scorer on {s}: {len(out[s])} prompts "
+                 f"({time.monotonic() - t0:.0f} s)")
+    return out
+
+
+def train_folds(train_pairs, n_folds: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(fit rows, held-out rows) per fold, by conversation group: the out-of-fold ridge
+    score, neighbour prior and fine-tuned encoder score all use these folds."""
+    from sklearn.model_selection import GroupKFold
+
+    from .data import group_of
+
+    groups = np.array([group_of(p.conv_id) for p in train_pairs])
+    return list(GroupKFold(n_folds).split(np.zeros(len(groups)), groups=groups))
 
 
 def train_context_model(pairs, histories, out: pathlib.Path, cfg: GbmConfig,
-                        embed_cfg: EmbedConfig | None = None) -> dict:
+                        embed_cfg: EmbedConfig | None = None,
+                        finetuned: pathlib.Path | None = None) -> dict:
+    """`finetuned`: a folder from `python -m length_model.finetune` (encoder weights and
+    out-of-fold scores); its score becomes one more feature and its files are copied into
+    `out`."""
     import lightgbm as lgb
     from sklearn.feature_extraction.text import TfidfTransformer
     from sklearn.linear_model import Ridge
-    from sklearn.model_selection import GroupKFold
     from threadpoolctl import threadpool_limits
 
-    from .data import group_of
     from .evaluate import constant_baseline
     from .train import bucket_edges, fit_calibration
 
     embed_cfg = embed_cfg or EmbedConfig(kind="static", num_threads=1)
     t_start = time.monotonic()
     feat = ContextFeaturizer(Encoder(embed_cfg), cfg)
+    if finetuned is not None:
+        from .finetune import FinetunedScorer
+
+        feat.scorer = FinetunedScorer(finetuned, table=getattr(feat.encoder, "_table", None))
     by_split = {s: [p for p in pairs if p.split == s] for s in ("train", "val", "test")}
     base = {s: featurize_pairs(feat, ps, histories, label=s) for s, ps in by_split.items()}
     feat_s = time.monotonic() - t_start
@@ -219,8 +275,7 @@ def train_context_model(pairs, histories, out: pathlib.Path, cfg: GbmConfig,
             return Ridge(alpha=cfg.ridge_alpha, solver="sag", max_iter=200, tol=1e-3,
                          random_state=cfg.seed)
 
-        groups = np.array([group_of(p.conv_id) for p in by_split["train"]])
-        folds = list(GroupKFold(cfg.ridge_folds).split(ly_tr, groups=groups))
+        folds = train_folds(by_split["train"], cfg.ridge_folds)
         oof = np.zeros(len(ly_tr))
         for a, b in folds:
             oof[b] = ridge().fit(xs["train"][a], ly_tr[a]).predict(xs["train"][b])
@@ -230,14 +285,16 @@ def train_context_model(pairs, histories, out: pathlib.Path, cfg: GbmConfig,
         ridge_s = {"train": oof, **{s: feat.ridge_score(base[s][1]) for s in ("val", "test")}}
         _log(f"  ridge (tf-idf) done ({time.monotonic() - t0:.0f} s)")
         # Neighbour prior: out of fold on train (same folds as the ridge score).
-        dense_tr, _, prev_tr = base["train"]
+        dense_tr, _, prev_tr, _ = base["train"]
         prior = knn.KnnPrior.fit(dense_tr[:, :EMBED_DIM], prev_tr, ly_tr, cfg.seed)
         feat.prior = prior
         near = {"train": prior.out_of_fold(prev_tr, folds),
                 **{s: prior.features(base[s][0][:, :EMBED_DIM], base[s][2])
                    for s in ("val", "test")}}
         _log(f"  neighbour prior done ({time.monotonic() - t0:.0f} s)")
-        X = {s: assemble(base[s][0], ridge_s[s], near[s]) for s in base}
+        enc = (encoder_scores(feat, finetuned, base, by_split["train"]) if finetuned is not None
+               else dict.fromkeys(base))
+        X = {s: assemble(base[s][0], ridge_s[s], near[s], enc[s]) for s in base}
         params = dict(objective="huber", alpha=cfg.huber_alpha, learning_rate=cfg.learning_rate,
                       num_leaves=cfg.max_leaf_nodes, max_depth=cfg.max_depth,
                       min_data_in_leaf=cfg.min_samples_leaf, feature_fraction=cfg.feature_fraction,
@@ -279,6 +336,8 @@ def train_context_model(pairs, histories, out: pathlib.Path, cfg: GbmConfig,
                for s in ("val", "test")}
     metrics["gbm_only"] = {s: ranking_metrics(y[s], gbm_mu[s]) for s in gbm_mu}
     metrics["mlp_only"] = {s: ranking_metrics(y[s], mlp_mu[s]) for s in mlp_mu}
+    if finetuned is not None:
+        metrics["finetuned_only"] = {s: ranking_metrics(y[s], enc[s]) for s in ("val", "test")}
     metrics["test_constant_baseline"] = constant_baseline(y["train"], y["test"], seed=cfg.seed)
     out.mkdir(parents=True, exist_ok=True)
     torch.save(mlp.state_dict(), out / MLP_FILE)
@@ -318,7 +377,9 @@ def save_context_model(folder: pathlib.Path, feat: ContextFeaturizer, trees: Tre
               **{k: np.asarray(v) for k, v in feat.fitted.items()}}
     np.savez_compressed(folder / MODEL_FILE, **arrays)
     meta = {"model_kind": MODEL_KIND, "gbm_config": to_dict(feat.cfg),
-            "embed_config": to_dict(embed_cfg), "feature_names": FEATURE_NAMES,
+            "embed_config": to_dict(embed_cfg),
+            "feature_names": FEATURE_NAMES + ([ENCODER_SCORE_NAME] if feat.scorer else []),
+            "finetuned_encoder": feat.scorer is not None,
             "sigma_log": sigma, "calibration": cal, "bucket_edges_tokens": edges.tolist(),
             "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             **extra}
@@ -326,6 +387,14 @@ def save_context_model(folder: pathlib.Path, feat: ContextFeaturizer, trees: Tre
     stale = folder / "head.pt"  # an older MLP artifact in the same folder
     if stale.exists():
         stale.unlink()
+    if feat.scorer is not None:
+        import shutil
+
+        from .finetune import ONNX_FILE, OOF_FILE, REPORT_FILE
+
+        for name in (ONNX_FILE, OOF_FILE, REPORT_FILE):
+            if (feat.scorer.folder / name).resolve() != (folder / name).resolve():
+                shutil.copyfile(feat.scorer.folder / name, folder / name)
 
 
 class NumpyRankMLP:
@@ -392,8 +461,13 @@ class ContextLengthPredictor:
             head = RankHead(int(meta["in_dim"]), tuple(gcfg.mlp_hidden))
             head.load_state_dict(torch.load(folder / MLP_FILE, map_location="cpu", weights_only=True))
             mlp = NumpyRankMLP(head.eval())
-        featurizer = ContextFeaturizer(Encoder(embed_cfg), gcfg, fitted,
-                                       knn.KnnPrior.from_arrays(arrays))
+        encoder, scorer = Encoder(embed_cfg), None
+        if meta.get("finetuned_encoder"):
+            from .finetune import FinetunedScorer
+
+            scorer = FinetunedScorer(folder, table=getattr(encoder, "_table", None))
+        featurizer = ContextFeaturizer(encoder, gcfg, fitted, knn.KnnPrior.from_arrays(arrays),
+                                       scorer)
         return cls(featurizer, TreeEnsemble.from_arrays(arrays), meta, mlp)
 
     def outputs(self, texts: list[str]) -> dict[str, np.ndarray]:
