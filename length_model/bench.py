@@ -61,14 +61,45 @@ def run_bench(predictor: LengthPredictor, prompts: list[str], cfg: BenchConfig) 
     }
 
 
-def format_bench(res: dict) -> str:
-    keys = ["requests", "completed", "achieved_rate_rps", "mean_batch_size", "latency_ms_mean",
-            "latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "latency_ms_max"]
-    lines = ["| metric | value |", "|---|---|"]
-    for k in keys:
-        v = res[k]
-        lines.append(f"| {k} | {v:.2f} |" if isinstance(v, float) else f"| {k} | {v} |")
+def format_bench_runs(runs: list[dict]) -> str:
+    """One row per run, then per model the median of its runs' p50 and p99."""
+    lines = ["| model | run | p50 ms | p90 ms | p99 ms | mean batch |", "|---|---|---|---|---|---|"]
+    for r in runs:
+        lines.append(f"| {r['model']} | {r['repeat'] + 1} | {r['latency_ms_p50']:.2f} | "
+                     f"{r['latency_ms_p90']:.2f} | {r['latency_ms_p99']:.2f} | "
+                     f"{r['mean_batch_size']:.2f} |")
+    for model in dict.fromkeys(r["model"] for r in runs):
+        mine = [r for r in runs if r["model"] == model]
+        lines.append(f"| {model} | median of {len(mine)} | "
+                     f"{np.median([r['latency_ms_p50'] for r in mine]):.2f} | "
+                     f"{np.median([r['latency_ms_p90'] for r in mine]):.2f} | "
+                     f"{np.median([r['latency_ms_p99'] for r in mine]):.2f} | |")
     return "\n".join(lines)
+
+
+def plot_bench_runs(runs: list[dict], path: pathlib.Path, targets_ms=(5.0, 15.0)) -> None:
+    """p50 and p99 of every run, per model, beside the serving targets."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(dict.fromkeys(r["model"] for r in runs))
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    for ax, key, target in zip(axes, ("latency_ms_p50", "latency_ms_p99"), targets_ms):
+        for i, model in enumerate(models):
+            vals = [r[key] for r in runs if r["model"] == model]
+            ax.scatter([i] * len(vals), vals, color=f"C{i}")
+            ax.hlines(np.median(vals), i - 0.25, i + 0.25, color=f"C{i}")
+        ax.axhline(target, color="grey", linestyle="--", label=f"target {target:g} ms")
+        ax.set_xticks(range(len(models)), [pathlib.Path(m).name for m in models])
+        ax.set_xlim(-0.6, len(models) - 0.4)
+        ax.set_ylim(bottom=0)
+        ax.set_title(f"{key.split('_')[-1]} latency, ms ({runs[0]['config']['rate_rps']:g} req/s)")
+        ax.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def save_bench(path: pathlib.Path, res: dict) -> None:

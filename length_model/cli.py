@@ -28,6 +28,7 @@ EPILOG = """examples:
   python -m length_model evaluate --model length_model/artifacts runs/length_model/models/poster-contextual
   python -m length_model predict "Write a haiku about autumn." "Explain TCP in detail."
   python -m length_model bench --rate 64 --duration 20
+  python -m length_model bench --model length_model/artifacts length_model/artifacts_finetuned --repeats 3
 """
 
 
@@ -246,8 +247,9 @@ def cmd_evaluate(args) -> int:
         meta_path = pathlib.Path(folder) / "meta.json"
         if meta_path.exists() and json.loads(meta_path.read_text()).get("model_kind") == "context-gbm":
             res = _evaluate_context(pathlib.Path(folder), work, args.split, args.seed)
-            cols["gbm/context"] = res
-            report[str(folder)] = {"name": "gbm/context", "split": args.split, "metrics": res}
+            name = f"gbm/context ({pathlib.Path(folder).name})"  # two such models: by folder
+            cols[name] = res
+            report[str(folder)] = {"name": name, "split": args.split, "metrics": res}
             continue
         try:
             head, ecfg, tcfg, meta = load_artifact(pathlib.Path(folder))
@@ -288,7 +290,7 @@ def cmd_predict(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .bench import format_bench, run_bench, save_bench
+    from .bench import format_bench_runs, plot_bench_runs, run_bench, save_bench
     from .data import load_pairs, react_pairs
     from .serving import LengthPredictor
 
@@ -311,14 +313,22 @@ def cmd_bench(args) -> int:
         gc.freeze()
     else:
         prompts, source = [p.prompt for p in react_pairs()], "react"
-    pred = LengthPredictor.load(args.model, num_threads=args.threads)
-    res = run_bench(pred, prompts, cfg)
-    res["prompts"] = source
-    print(f"prompts: {source}; model: {args.model}")
-    print(format_bench(res))
+    preds = {m: LengthPredictor.load(m, num_threads=args.threads) for m in args.model}
+    runs = []
+    # Models take turns (A B A B ...) so that a noisy neighbour hits each alike.
+    for rep in range(args.repeats):
+        for model, pred in preds.items():
+            res = run_bench(pred, prompts, cfg)
+            res.update(prompts=source, model=model, repeat=rep)
+            runs.append(res)
+            print(f"run {rep + 1}/{args.repeats} {model}: p50 {res['latency_ms_p50']:.2f} ms, "
+                  f"p99 {res['latency_ms_p99']:.2f} ms", flush=True)
+    print(f"prompts: {source}")
+    print(format_bench_runs(runs))
     out = pathlib.Path(args.out or _work(args) / "bench.json")
-    save_bench(out, res)
-    print(f"saved {out}")
+    save_bench(out, runs[0] if len(runs) == 1 else {"runs": runs})
+    plot_bench_runs(runs, out.with_suffix(".png"))
+    print(f"saved {out} and {out.with_suffix('.png')}")
     return 0
 
 
@@ -386,7 +396,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="open-loop serving latency benchmark",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     common(p, embed=False)
-    p.add_argument("--model", default=DEFAULT_ARTIFACT_DIR)
+    p.add_argument("--model", nargs="+", default=[DEFAULT_ARTIFACT_DIR],
+                   help="one or more artifact folders, measured in turns")
+    p.add_argument("--repeats", type=int, default=1, help="runs per model")
     p.add_argument("--rate", type=float, default=BenchConfig.rate_rps, help="requests/s")
     p.add_argument("--duration", type=float, default=BenchConfig.duration_s, help="seconds")
     p.add_argument("--max-batch", type=int, default=BenchConfig.max_batch_size)

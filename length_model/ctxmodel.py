@@ -13,7 +13,10 @@ training and serving; training renders each ShareGPT pair with `context.render_c
 - nearest-neighbour length prior (`knn.NAMES`, 27): lengths of the answers to the most
   similar training requests (static embeddings of the prompt and the previous answer;
   out of fold on the training split), and the previous answer's PCA coordinates;
-- text cues (`cues.NAMES`, 21): explicit length requests, task words, script.
+- text cues (`cues.NAMES`, 21): explicit length requests, task words, script;
+- optionally (`train --finetuned DIR`), the log length predicted by a fine-tuned MiniLM
+  (`finetune.FinetunedScorer`; out of fold on the training split): the
+  `artifacts_finetuned` model.
 LightGBM fits log(1 + tokens) with the Huber loss (the log target has heavy outliers, e.g.
 one-token answers, that the squared loss chases: +0.01 validation tau); it is served by
 `trees.TreeEnsemble` (numpy, no pickle; LightGBM is needed for training only). A small MLP
@@ -93,7 +96,7 @@ def _hasher(n_features: int):
 
 class ContextFeaturizer:
     """Chat-templated prompt -> feature vector. `base_features` needs no fitted state;
-    `features` adds the fitted ridge score and neighbour prior."""
+    `features` adds the fitted ridge score, neighbour prior and (if any) fine-tuned score."""
 
     def __init__(self, encoder: Encoder, cfg: GbmConfig, fitted: dict | None = None,
                  prior: knn.KnnPrior | None = None, scorer=None):
@@ -103,23 +106,16 @@ class ContextFeaturizer:
         self.prior = prior
         self.scorer = scorer  # finetune.FinetunedScorer, or None (an artifact without one)
 
-    @staticmethod
-    def split(texts: list[str]) -> tuple[list[str], list, list[str]]:
-        """(last user messages, earlier turns, previous assistant answers ("" if none))."""
+    def base_features(self, texts: list[str]):
+        """(dense [n, 389 + 8 + 4 + 21 cues], hashed-text inputs, static embedding [n, 384]
+        of the previous answer's tail (zeros without one), for the neighbour prior, and the
+        fine-tuned scorer's inputs: (last user messages, previous answers, "" if none))."""
         prompts, hists, prev = [], [], []
         for t in texts:
             last, hist = split_prompt(t if isinstance(t, str) else str(t))
             prompts.append(last)
             hists.append(hist)
             prev.append(next((c for r, c in reversed(hist) if r == ASSISTANT), ""))
-        return prompts, hists, prev
-
-    def base_features(self, texts: list[str], parsed=None):
-        """(dense [n, 389 + 8 + 4 + 21 cues], hashed-text inputs, static embedding [n, 384]
-        of the previous answer's tail (zeros without one), for the neighbour prior, and the
-        fine-tuned scorer's inputs: (last user messages, previous answers)). `parsed`: what
-        `split(texts)` returns, if the caller has it."""
-        prompts, hists, prev = parsed or self.split(texts)
         emb = self.encoder.encode(prompts)
         ctx = context_features(prompts, hists)
         tail = np.array([tail_features(p) for p in prev], dtype=np.float32).reshape(-1, 4)
@@ -151,11 +147,10 @@ class ContextFeaturizer:
         return out
 
     def features(self, texts: list[str]) -> np.ndarray:
-        parsed = self.split(texts)
-        dense, cut, prev_emb, _ = self.base_features(texts, parsed)
+        dense, cut, prev_emb, (prompts, prevs) = self.base_features(texts)
         return assemble(dense, self.ridge_score(cut),
                         self.prior.features(dense[:, :EMBED_DIM], prev_emb),
-                        self.scorer(parsed[0], parsed[2]) if self.scorer is not None else None)
+                        self.scorer(prompts, prevs) if self.scorer is not None else None)
 
 
 def assemble(dense: np.ndarray, ridge: np.ndarray, neighbours: np.ndarray,
@@ -240,9 +235,9 @@ def train_folds(train_pairs, n_folds: int) -> list[tuple[np.ndarray, np.ndarray]
 def train_context_model(pairs, histories, out: pathlib.Path, cfg: GbmConfig,
                         embed_cfg: EmbedConfig | None = None,
                         finetuned: pathlib.Path | None = None) -> dict:
-    """`finetuned`: a folder from `python -m length_model.finetune` (encoder weights and
-    out-of-fold scores); its score becomes one more feature and its files are copied into
-    `out`."""
+    """`finetuned`: a folder from `python -m length_model.finetune` (the int8 ONNX scorer
+    and its out-of-fold scores); its score becomes one more feature and its files are
+    copied into `out`."""
     import lightgbm as lgb
     from sklearn.feature_extraction.text import TfidfTransformer
     from sklearn.linear_model import Ridge

@@ -5,8 +5,10 @@ from __future__ import annotations
 import time
 from types import SimpleNamespace
 
+import pytest
 import zmq
 
+from length_model.config import FINETUNED_ARTIFACT_DIR
 from sglang_ext.length_source import PredictedLengths
 from sglang_ext.policies import LengthSource
 from sglang_ext.router import Router, RouterConfig
@@ -21,14 +23,16 @@ def drain(lengths: PredictedLengths, router: Router, want: int, timeout_s: float
     return released
 
 
-def make(wait_ms: float):
+def make(wait_ms: float, model_dir: str | None = None):
     router = Router(RouterConfig(policy="prefix_length_aware", num_workers=2,
                                  length_source=LengthSource.PREDICTED))
-    return router, PredictedLengths(None, wait_ms, zmq.Context.instance(), tokenizer_path=None)
+    return router, PredictedLengths(model_dir, wait_ms, zmq.Context.instance(), tokenizer_path=None)
 
 
-def test_requests_wait_for_their_prediction():
-    router, lengths = make(wait_ms=10_000)
+# The default model and the fine-tuned one (`--length-model length_model/artifacts_finetuned`).
+@pytest.mark.parametrize("model_dir", [None, FINETUNED_ARTIFACT_DIR], ids=["default", "finetuned"])
+def test_requests_wait_for_their_prediction(model_dir):
+    router, lengths = make(wait_ms=10_000, model_dir=model_dir)
     assert not lengths.failed
     for i, text in enumerate(["Hi!", "Write a long essay about the history of rivers in Europe."]):
         req = make_request(rid=f"r{i}", max_new_tokens=512)

@@ -44,13 +44,15 @@ def make_trace(out: pathlib.Path, seed: int, rate_rps: float, duration_s: float,
     return path
 
 
-def run_config(trace_path: pathlib.Path, policy: str, length_source: str, out: pathlib.Path) -> dict:
+def run_config(trace_path: pathlib.Path, policy: str, length_source: str, out: pathlib.Path,
+               length_model: str | None = None) -> dict:
     from traces.format import read_trace
     from traces.replay import ReplayConfig, run
 
     out.mkdir(parents=True, exist_ok=True)
     spec = ServerSpec(str(tiny_path()), dp_size=2, load_balance_method=policy, max_total_tokens=65536,
-                      extra_args=["--length-source", length_source])
+                      extra_args=["--length-source", length_source]
+                      + (["--length-model", length_model] if length_model else []))
     with start_server(spec, str(out / "server.log")) as server:
         cfg = ReplayConfig(trace=str(trace_path), url=server.url, out_dir=str(out), max_concurrency=128,
                            progress=False)
@@ -126,6 +128,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--examples", type=int, default=1, help="in-context examples per workload")
     parser.add_argument("--duration-s", type=float, default=40.0)
     parser.add_argument("--out", default="runs/live_lengths")
+    parser.add_argument("--sources", nargs="+", default=None,
+                        help="only these length sources (default: every row)")
+    parser.add_argument("--length-model", default=None,
+                        help="predictor folder for `predicted` (default: length_model/artifacts)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -135,9 +141,12 @@ def run(args: argparse.Namespace) -> int:
     for seed in args.seeds:
         trace = make_trace(out, seed, args.rate_rps, args.duration_s, args.examples)
         for policy, source in CONFIGS:
+            if args.sources and source not in args.sources:
+                continue
             started = time.perf_counter()
             print(f"live-lengths: seed {seed}: {policy} / {source} ...", flush=True)
-            summary = run_config(trace, policy, source, out / f"seed{seed}_{policy}_{source}")
+            summary = run_config(trace, policy, source, out / f"seed{seed}_{policy}_{source}",
+                                 args.length_model)
             rows.append(row(policy, source, seed, summary))
             print(f"live-lengths:   done in {time.perf_counter() - started:.0f} s", flush=True)
             (out / "results.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
