@@ -145,12 +145,13 @@ def _evaluate_context(folder: pathlib.Path, work: pathlib.Path, split: str, seed
 
 def cmd_finetune_data(args) -> int:
     """Token ids, targets, splits and folds for `python -m length_model.finetune`, and a
-    half-precision copy of MiniLM, so that fine-tuning can run on a machine without this
-    project's dependencies (only torch, numpy, transformers)."""
+    half-precision copy of MiniLM (small enough to carry to an accelerator machine), so that
+    fine-tuning runs where none of this project's data or dependencies are (it needs torch,
+    numpy, scipy, transformers, onnx and onnxruntime)."""
     import numpy as np
     from transformers import AutoModel, AutoTokenizer
 
-    from .context import ASSISTANT, split_prompt
+    from .context import previous_answer, split_prompt
     from .ctxmodel import GbmConfig, rendered_texts, train_folds
     from .data import build_histories, load_pairs, read_records
     from .embed import minilm_path
@@ -168,7 +169,7 @@ def cmd_finetune_data(args) -> int:
     for t in texts:
         last, hist = split_prompt(t)
         prompts.append(last)
-        prevs.append(next((c for r, c in reversed(hist) if r == ASSISTANT), ""))
+        prevs.append(previous_answer(hist))
     base = minilm_path()
     tok = AutoTokenizer.from_pretrained(str(base), local_files_only=True)
     ids = input_ids(tok, prompts, prevs, FinetuneConfig())

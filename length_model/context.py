@@ -86,6 +86,11 @@ def split_prompt(text: str) -> tuple[str, list[tuple[str, str]]]:
     return text, []
 
 
+def previous_answer(history: list[tuple[str, str]]) -> str:
+    """The last assistant turn of the earlier turns ("" if none)."""
+    return next((c for r, c in reversed(history) if r == ASSISTANT), "")
+
+
 CONTEXT_NAMES = ("log_user_turns_before", "has_history", "log_prev_answer_tokens",
                  "log_mean_answer_chars", "log_max_answer_chars", "log_history_chars",
                  "log_prev_user_chars", "log_answers_before")

@@ -39,7 +39,8 @@ import numpy as np
 
 from . import cues, knn
 from .config import EmbedConfig, to_dict
-from .context import ASSISTANT, CONTEXT_NAMES, context_features, render_chat, split_prompt
+from .context import (CONTEXT_NAMES, context_features, previous_answer, render_chat,
+                      split_prompt)
 from .embed import EMBED_DIM, SURFACE_NAMES, Encoder
 from .trees import TreeEnsemble
 
@@ -115,7 +116,7 @@ class ContextFeaturizer:
             last, hist = split_prompt(t if isinstance(t, str) else str(t))
             prompts.append(last)
             hists.append(hist)
-            prev.append(next((c for r, c in reversed(hist) if r == ASSISTANT), ""))
+            prev.append(previous_answer(hist))
         emb = self.encoder.encode(prompts)
         ctx = context_features(prompts, hists)
         tail = np.array([tail_features(p) for p in prev], dtype=np.float32).reshape(-1, 4)

@@ -17,7 +17,7 @@ package), so the exported model (`encoder.onnx`) holds only the layers and the h
 The trees see this score as a feature, so on the training split it must be out of fold:
 `python -m length_model.finetune` trains one model per fold (the context model's folds by
 conversation group) plus one on all of train, exports each to int8 ONNX and scores with it
-exactly as serving does. It needs torch, numpy, transformers, onnx and onnxruntime only
+exactly as serving does. It needs torch, numpy, scipy, transformers, onnx and onnxruntime
 (no project dependencies), so it runs on an accelerator machine as it is (`--device cuda`:
 2.5 minutes for 4 layers on one H200, int8 scoring on 6 CPU processes included); on this
 2-core CPU one fit of 2 layers takes about 35 minutes (14 ms per example and epoch).
