@@ -327,7 +327,7 @@ def cmd_bench(args) -> int:
     print(f"prompts: {source}")
     print(format_bench_runs(runs))
     out = pathlib.Path(args.out or _work(args) / "bench.json")
-    save_bench(out, runs[0] if len(runs) == 1 else {"runs": runs})
+    save_bench(out, {"runs": runs})
     plot_bench_runs(runs, out.with_suffix(".png"))
     print(f"saved {out} and {out.with_suffix('.png')}")
     return 0

@@ -184,9 +184,11 @@ def fold_file(k: int) -> str:
     return f"encoder_fold{k}.pt"
 
 
-def _int8_job(base_dir: str, cfg: dict, delta_path: str, ids: np.ndarray) -> np.ndarray:
-    """One trained model's scores as serving computes them: export to int8 ONNX, then
-    `FinetunedScorer`. Runs in a worker process (one CPU thread each)."""
+def _int8_job(base_dir: str, cfg: dict, delta_path: str, ids: np.ndarray,
+              keep_as: str | None = None) -> np.ndarray:
+    """One trained model's scores as serving computes them: export to int8 ONNX (kept as
+    `keep_as` if given), then `FinetunedScorer`. Runs in a worker process (one CPU thread)."""
+    import shutil
     import tempfile
 
     import torch
@@ -199,19 +201,21 @@ def _int8_job(base_dir: str, cfg: dict, delta_path: str, ids: np.ndarray) -> np.
         folder = pathlib.Path(tmp)
         (folder / REPORT_FILE).write_text(json.dumps({"config": cfg}))
         export_int8(model.eval(), folder / ONNX_FILE)
+        if keep_as:
+            shutil.copyfile(folder / ONNX_FILE, keep_as)
         return FinetunedScorer(folder, base_dir=pathlib.Path(base_dir)).score_ids(ids)
 
 
-def int8_scores(jobs: list[tuple[pathlib.Path, np.ndarray]], base_dir: pathlib.Path,
-                cfg: FinetuneConfig, workers: int) -> list[np.ndarray]:
-    """`_int8_job` for each (weights file, token ids), in parallel worker processes (spawned:
-    the parent may hold a CUDA context)."""
+def int8_scores(jobs: list[tuple[pathlib.Path, np.ndarray, pathlib.Path | None]],
+                base_dir: pathlib.Path, cfg: FinetuneConfig, workers: int) -> list[np.ndarray]:
+    """`_int8_job` for each (weights file, token ids, where to keep the ONNX or None), in
+    parallel worker processes (spawned: the parent may hold a CUDA context)."""
     import concurrent.futures as cf
     import multiprocessing as mp
 
     with cf.ProcessPoolExecutor(max(1, workers), mp_context=mp.get_context("spawn")) as pool:
-        futures = [pool.submit(_int8_job, str(base_dir), dataclasses.asdict(cfg), str(path), ids)
-                   for path, ids in jobs]
+        futures = [pool.submit(_int8_job, str(base_dir), dataclasses.asdict(cfg), str(path), ids,
+                               keep and str(keep)) for path, ids, keep in jobs]
         return [f.result() for f in futures]
 
 
@@ -237,13 +241,13 @@ def run(data: pathlib.Path, base_dir: pathlib.Path, out: pathlib.Path, cfg: Fine
     model = fit(build_scorer(base_dir, cfg, mean, std), ids[tr], ly[tr], cfg, device, log, "all")
     fp32 = predict_log(model, ids, device)
     torch.save(model.delta_state(), scratch / ENCODER_FILE)
-    export_int8(model, out / ONNX_FILE)
     report = {"config": dataclasses.asdict(cfg), "device": device,
               "val_tau_fp32": _kendall(fp32[split == 1], y[split == 1]),
               "fit_seconds_all": round(time.monotonic() - t0, 1)}
     log(f"  layers {cfg.layers}: validation tau {report['val_tau_fp32']:.4f} (fp32)")
     oof_fp32 = np.full(len(tr), np.nan, dtype=np.float32)
-    jobs = [(scratch / ENCODER_FILE, ids[split != 0])]
+    # The model that scores validation and test is the one exported for serving.
+    jobs = [(scratch / ENCODER_FILE, ids[split != 0], out / ONNX_FILE)]
     held_rows = []
     if folds:
         for k in sorted(set(fold[tr].tolist())):
@@ -253,7 +257,7 @@ def run(data: pathlib.Path, base_dir: pathlib.Path, out: pathlib.Path, cfg: Fine
                     log, f"fold {k}")
             oof_fp32[held] = predict_log(m, ids[tr[held]], device)
             torch.save(m.delta_state(), scratch / fold_file(k))
-            jobs.append((scratch / fold_file(k), ids[tr[held]]))
+            jobs.append((scratch / fold_file(k), ids[tr[held]], None))
             held_rows.append(held)
         report["oof_tau_fp32"] = _kendall(oof_fp32, y[tr])
     log(f"  int8 scores of {len(jobs)} models on the CPU ...")
