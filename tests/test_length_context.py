@@ -101,6 +101,24 @@ def test_tree_ensemble_matches_lightgbm():
     np.testing.assert_allclose(again.predict(x), booster.predict(x), atol=1e-5)
 
 
+
+def test_multiclass_tree_ensemble_matches_lightgbm_probabilities():
+    import lightgbm as lgb
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(900, 4)).astype(np.float32)
+    label = np.digitize(x[:, 0] + 0.5 * x[:, 1] + 0.3 * rng.normal(size=900), [-0.7, 0.0, 0.7])
+    booster = lgb.train(dict(objective="multiclass", num_class=4, num_leaves=7, min_data_in_leaf=10,
+                             verbose=-1, num_threads=1, seed=0), lgb.Dataset(x, label), 12)
+    trees = TreeEnsemble.from_lightgbm(booster, num_iteration=9)  # rounds after 9 dropped
+    assert trees.num_class == 4 and len(trees.roots) == 36
+    raw = trees.predict_classes(x)
+    np.testing.assert_allclose(raw, booster.predict(x, raw_score=True, num_iteration=9), atol=1e-9)
+    again = TreeEnsemble.from_arrays(trees.to_arrays("b_"), "b_")
+    np.testing.assert_allclose(again.predict_classes(x), raw, atol=1e-4)
+    with pytest.raises(ValueError, match="multiclass"):
+        trees.predict(x)
+
 def test_knn_prior_features_and_round_trip():
     from length_model.knn import NAMES, PREV_DIM, KnnPrior
 

@@ -100,6 +100,20 @@ def test_shipped_finetuned_predictor_uses_the_scorer():
     essay, hello = pred.predict(["Write a detailed 3000-word essay on the Roman empire.", "hi"])
     assert essay > hello
 
+    # Its ranking score blends the bucket head's expected log length (chosen on validation).
+    ctx = pred.context
+    w = ctx.blend_buckets
+    assert 0 < w < 1 and ctx.buckets is not None
+    texts = [chat, "hi"]
+    with_blend = ctx.outputs(texts, buckets=True)
+    ctx.blend_buckets = 0.0
+    try:
+        without = ctx.outputs(texts)
+    finally:
+        ctx.blend_buckets = w
+    expected = (1 - w) * without["mu_log"] + w * (with_blend["bucket_probs"] @ ctx.centers)
+    np.testing.assert_allclose(with_blend["mu_log"], expected, rtol=1e-12)
+
 
 def test_out_of_fold_scores_must_cover_the_training_pairs(tmp_path):
     from length_model.ctxmodel import encoder_scores

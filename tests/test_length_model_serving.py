@@ -6,6 +6,7 @@ from __future__ import annotations
 import pathlib
 import time
 
+import numpy as np
 import pytest
 
 from length_model.config import DEFAULT_ARTIFACT_DIR
@@ -32,6 +33,18 @@ def test_committed_artifact_predicts(predictor):
     assert out[1] > out[0] and out[1] > out[2]
     dist = predictor.predict_distribution(PROMPTS[:2])
     assert dist[0]["p10_tokens"] <= dist[0]["median_tokens"] <= dist[0]["p90_tokens"]
+
+
+def test_committed_artifact_bucket_probabilities(predictor):
+    out = predictor.context.outputs(PROMPTS, buckets=True)
+    probs = out["bucket_probs"]
+    assert predictor.context.buckets is not None  # the shipped model has a bucket head
+    assert probs.shape == (len(PROMPTS), len(predictor.meta["bucket_edges_tokens"]) + 1)
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-9)
+    # The essay request's expected bucket lies above the greeting's and the translation's.
+    expected = probs @ np.arange(probs.shape[1])
+    assert expected[1] > expected[0] and expected[1] > expected[2]
+    assert "bucket_probs" not in predictor.context.outputs(PROMPTS[:1])  # only on request
 
 
 def test_batched_equals_single(predictor):
