@@ -30,6 +30,7 @@ EPILOG = """examples:
   python -m length_model evaluate --model length_model/artifacts runs/length_model/models/poster-contextual
   python -m length_model predict "Write a haiku about autumn." "Explain TCP in detail."
   python -m length_model bench --rate 64 --duration 20
+  python -m length_model ceiling   # which tau goes with which bucket AUROC (ideal predictor)
   python -m length_model bench --model length_model/artifacts length_model/artifacts_finetuned --repeats 3
 """
 
@@ -295,6 +296,36 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_ceiling(args) -> int:
+    """Which bucket figures go with which ranking quality on ShareGPT-like lengths: an ideal
+    predictor whose only error is log-normal noise (`metrics.calibrated_ceiling`)."""
+    import numpy as np
+
+    from .data import load_pairs
+    from .metrics import calibrated_ceiling
+
+    work = _work(args)
+    try:
+        pairs = load_pairs(work / "pairs.msgpack")
+    except Exception as exc:
+        raise BadInput(str(exc)) from exc
+    y = np.array([p.response_tokens for p in pairs if p.split == "train"])
+    rng = np.random.default_rng(args.seed)
+    log_means = np.log1p(rng.choice(y, size=min(len(y), args.samples), replace=False))
+    rows = calibrated_ceiling(log_means, args.sigmas, seed=args.seed)
+    print("| noise sigma (log) | Kendall tau | accuracy | AUROC one-vs-rest | MCC |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['sigma_log']:.2f} | {r['kendall_tau']:.3f} | {r['accuracy']:.3f} | "
+              f"{r['auroc_ovr']:.3f} | {r['mcc']:.3f} |")
+    out = pathlib.Path(args.out or work / "ceiling.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"samples": len(log_means), "seed": args.seed, "rows": rows},
+                              indent=2) + "\n")
+    print(f"saved {out}")
+    return 0
+
+
 def cmd_bench(args) -> int:
     from .bench import format_bench_runs, plot_bench_runs, run_bench, save_bench
     from .data import load_pairs, react_pairs
@@ -401,6 +432,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--file", default=None, help="one prompt per line")
     p.add_argument("--model", default=DEFAULT_ARTIFACT_DIR)
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("ceiling", help="bucket figures an ideal predictor reaches at each "
+                                       "ranking quality (log-normal noise)",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    common(p, embed=False)
+    p.add_argument("--sigmas", type=float, nargs="+",
+                   default=[0.2, 0.3, 0.35, 0.4, 0.5, 0.6, 0.7, 0.8],
+                   help="noise spreads of log(1 + tokens) to try")
+    p.add_argument("--samples", type=int, default=20000, help="training lengths drawn as means")
+    p.add_argument("--out", default=None)
+    p.set_defaults(func=cmd_ceiling)
 
     p = sub.add_parser("bench", help="open-loop serving latency benchmark",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)

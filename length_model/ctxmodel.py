@@ -49,6 +49,7 @@ from .config import EmbedConfig, to_dict
 from .context import (CONTEXT_NAMES, context_features, previous_answer, render_chat,
                       split_prompt)
 from .embed import EMBED_DIM, SURFACE_NAMES, Encoder
+from .metrics import lognormal_bucket_probs
 from .trees import TreeEnsemble
 
 MODEL_KIND = "context-gbm"
@@ -197,15 +198,6 @@ def bucket_centers_log(y_tokens: np.ndarray, edges: np.ndarray) -> np.ndarray:
 def softmax(raw: np.ndarray) -> np.ndarray:
     e = np.exp(raw - raw.max(1, keepdims=True))
     return e / e.sum(1, keepdims=True)
-
-
-def lognormal_bucket_probs(mu_log: np.ndarray, sigma: float, edges_tokens: np.ndarray) -> np.ndarray:
-    from scipy.special import ndtr
-
-    z = (np.log1p(np.asarray(edges_tokens, dtype=np.float64))[None, :] - mu_log[:, None]) / sigma
-    cdf = ndtr(z)
-    n = len(mu_log)
-    return np.diff(np.hstack([np.zeros((n, 1)), cdf, np.ones((n, 1))]), axis=1)
 
 
 # --- training ------------------------------------------------------------------------------

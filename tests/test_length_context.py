@@ -10,7 +10,7 @@ import pytest
 
 from length_model.context import (CONTEXT_NAMES, context_features, parse_chat, render_chat,
                                   split_prompt)
-from length_model.ctxmodel import lognormal_bucket_probs, tail_features
+from length_model.ctxmodel import tail_features
 from length_model.data import build_histories
 from length_model.trees import TreeEnsemble
 
@@ -149,13 +149,6 @@ def test_text_cues():
     assert x["words_req"][0] == pytest.approx(np.log1p(500)) and x["words_req"][1] == 0
     assert x["write"][0] == 1 and x["short"][1] == 1 and x["short"][0] == 0
     assert x["log_qmarks"][1] > 0 and x["frac_cyrillic"][2] > 0.8
-
-
-def test_lognormal_bucket_probs_sum_to_one():
-    p = lognormal_bucket_probs(np.array([2.0, 6.0]), 0.8, np.array([10.0, 100.0, 1000.0]))
-    assert p.shape == (2, 4)
-    np.testing.assert_allclose(p.sum(1), 1.0)
-    assert p[0].argmax() == 0 and p[1].argmax() == 2
 
 
 def test_committed_context_artifact_reads_the_chat_template():

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from length_model.metrics import (POSTER, beats_poster, classification_metrics,
-                                  decode_cost_metrics, ranking_metrics)
+from length_model.metrics import (POSTER, beats_poster, calibrated_ceiling,
+                                  classification_metrics, decode_cost_metrics,
+                                  lognormal_bucket_probs, ranking_metrics)
 
 
 def test_perfect_classifier():
@@ -49,3 +50,20 @@ def test_beats_poster():
     better = {k: v + 0.01 for k, v in POSTER.items()}
     assert all(beats_poster(better).values())
     assert not any(beats_poster(dict(POSTER)).values())
+
+
+def test_lognormal_bucket_probs_sum_to_one():
+    p = lognormal_bucket_probs(np.array([2.0, 6.0]), 0.8, np.array([10.0, 100.0, 1000.0]))
+    assert p.shape == (2, 4)
+    np.testing.assert_allclose(p.sum(1), 1.0)
+    assert p[0].argmax() == 0 and p[1].argmax() == 2
+
+
+def test_calibrated_ceiling_links_noise_to_every_figure():
+    log_means = np.log1p(np.random.default_rng(3).lognormal(5.3, 0.9, size=4000))
+    rows = calibrated_ceiling(log_means, [0.2, 0.7, 2.0], seed=1)
+    assert [r["sigma_log"] for r in rows] == [0.2, 0.7, 2.0]
+    for key in ("kendall_tau", "auroc_ovr", "accuracy"):
+        assert rows[0][key] > rows[1][key] > rows[2][key]
+    assert rows[2]["accuracy"] < 0.1 and rows[2]["auroc_ovr"] < 0.65  # near chance (0.05, 0.5)
+    assert calibrated_ceiling(log_means, [0.7], seed=1) == rows[1:2]  # seeded
