@@ -30,7 +30,7 @@ EPILOG = """examples:
   python -m length_model evaluate --model length_model/artifacts runs/length_model/models/poster-contextual
   python -m length_model predict "Write a haiku about autumn." "Explain TCP in detail."
   python -m length_model bench --rate 64 --duration 20
-  python -m length_model ceiling   # which tau goes with which bucket AUROC (ideal predictor)
+  python -m length_model ceiling --models docs/results/length_model/evaluate_test.json
   python -m length_model bench --model length_model/artifacts length_model/artifacts_finetuned --repeats 3
 """
 
@@ -302,6 +302,7 @@ def cmd_ceiling(args) -> int:
     import numpy as np
 
     from .data import load_pairs
+    from .evaluate import plot_ceiling
     from .metrics import calibrated_ceiling
 
     work = _work(args)
@@ -309,6 +310,13 @@ def cmd_ceiling(args) -> int:
         pairs = load_pairs(work / "pairs.msgpack")
     except Exception as exc:
         raise BadInput(str(exc)) from exc
+    models = {}
+    for report in args.models:  # `evaluate` reports: their models become points on the plot
+        try:
+            models.update({v["name"]: v["metrics"]
+                           for v in json.loads(pathlib.Path(report).read_text()).values()})
+        except (OSError, ValueError, KeyError, AttributeError) as exc:
+            raise BadInput(f"{report}: not an `evaluate` report ({exc})") from exc
     y = np.array([p.response_tokens for p in pairs if p.split == "train"])
     rng = np.random.default_rng(args.seed)
     log_means = np.log1p(rng.choice(y, size=min(len(y), args.samples), replace=False))
@@ -322,7 +330,8 @@ def cmd_ceiling(args) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"samples": len(log_means), "seed": args.seed, "rows": rows},
                               indent=2) + "\n")
-    print(f"saved {out}")
+    plot_ceiling(rows, models, out.with_suffix(".png"))
+    print(f"saved {out} and {out.with_suffix('.png')}")
     return 0
 
 
@@ -441,7 +450,9 @@ def build_parser() -> argparse.ArgumentParser:
                    default=[0.2, 0.3, 0.35, 0.4, 0.5, 0.6, 0.7, 0.8],
                    help="noise spreads of log(1 + tokens) to try")
     p.add_argument("--samples", type=int, default=20000, help="training lengths drawn as means")
-    p.add_argument("--out", default=None)
+    p.add_argument("--models", nargs="*", default=[],
+                   help="`evaluate` JSON reports whose models to mark on the plot")
+    p.add_argument("--out", default=None, help="JSON; the plot goes beside it (.png)")
     p.set_defaults(func=cmd_ceiling)
 
     p = sub.add_parser("bench", help="open-loop serving latency benchmark",

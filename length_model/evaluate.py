@@ -47,4 +47,30 @@ def format_table(columns: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["evaluate_arrays", "constant_baseline", "format_table", "beats_poster", "ROWS"]
+def plot_ceiling(rows: list[dict], models: dict[str, dict], path) -> None:
+    """Accuracy and AUROC against Kendall tau: the ideal log-normal predictor's curve
+    (`metrics.calibrated_ceiling`), our models' points and the poster's figures."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    taus = [r["kendall_tau"] for r in rows]
+    for ax, key, title in zip(axes, ("accuracy", "auroc_ovr"), ("accuracy (20 buckets)",
+                                                                "AUROC one-vs-rest")):
+        ax.plot(taus, [r[key] for r in rows], marker=".", color="grey",
+                label="ideal, log-normal errors")
+        for i, (name, m) in enumerate(models.items()):
+            ax.scatter([m["kendall_tau"]], [m[key]], color=f"C{i}", zorder=3, label=name)
+        ax.axhline(POSTER[key], color="black", linestyle="--", label=f"poster {POSTER[key]:g}")
+        ax.set_xlabel("Kendall tau")
+        ax.set_title(title)
+        ax.legend(loc="upper left", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+__all__ = ["evaluate_arrays", "constant_baseline", "format_table", "beats_poster", "ROWS",
+           "plot_ceiling"]

@@ -83,7 +83,7 @@ def calibrated_ceiling(log_means: np.ndarray, sigmas, num_buckets: int = 20,
     """Bucket and ranking figures of an ideal predictor: each request's log(1 + tokens)
     is its predicted mean plus Gaussian noise of spread sigma, and the predictor knows that
     (the exact log-normal bucket probabilities). It shows which accuracy and AUROC go with
-    which Kendall tau on a length distribution like `log_means`'; no model does better at
+    which Kendall tau on lengths distributed like `log_means`; no model does better at
     its noise level unless the noise is not log-normal."""
     mu = np.asarray(log_means, dtype=np.float64)
     noise = np.random.default_rng(seed).normal(size=mu.size)  # the same draw for every sigma
