@@ -101,7 +101,6 @@ def test_tree_ensemble_matches_lightgbm():
     np.testing.assert_allclose(again.predict(x), booster.predict(x), atol=1e-5)
 
 
-
 def test_multiclass_tree_ensemble_matches_lightgbm_probabilities():
     import lightgbm as lgb
 
@@ -118,6 +117,7 @@ def test_multiclass_tree_ensemble_matches_lightgbm_probabilities():
     np.testing.assert_allclose(again.predict_classes(x), raw, atol=1e-4)
     with pytest.raises(ValueError, match="multiclass"):
         trees.predict(x)
+
 
 def test_knn_prior_features_and_round_trip():
     from length_model.knn import NAMES, PREV_DIM, KnnPrior
