@@ -43,6 +43,7 @@ import sys
 import time
 
 import numpy as np
+from scipy.special import softmax
 
 from . import cues, knn
 from .config import EmbedConfig, to_dict
@@ -195,11 +196,6 @@ def bucket_centers_log(y_tokens: np.ndarray, edges: np.ndarray) -> np.ndarray:
                      for c in range(len(edges) + 1)])
 
 
-def softmax(raw: np.ndarray) -> np.ndarray:
-    e = np.exp(raw - raw.max(1, keepdims=True))
-    return e / e.sum(1, keepdims=True)
-
-
 # --- training ------------------------------------------------------------------------------
 
 def _log(msg: str) -> None:
@@ -344,7 +340,7 @@ def train_context_model(pairs, histories, out: pathlib.Path, cfg: GbmConfig,
     blend = max(taus, key=taus.get)
     _log(f"  validation tau by MLP blend weight: {taus} -> {blend}")
     mu = {s: (1 - blend) * gbm_mu[s] + blend * mlp_mu[s] for s in gbm_mu}
-    probs = {s: softmax(buckets.predict_classes(X[s])) if buckets else None for s in mu}
+    probs = {s: softmax(buckets.predict_classes(X[s]), axis=1) if buckets else None for s in mu}
     centers = bucket_centers_log(y["train"], edges)
     blend_buckets = 0.0
     if buckets is not None and len(cfg.bucket_blend_grid) > 1:
@@ -548,7 +544,7 @@ class ContextLengthPredictor:
         mu = self.trees.predict(x)
         if self.mlp is not None:
             mu = (1 - self.blend) * mu + self.blend * self.mlp(x)
-        probs = softmax(self.buckets.predict_classes(x)) if self.buckets and (
+        probs = softmax(self.buckets.predict_classes(x), axis=1) if self.buckets and (
             buckets or self.blend_buckets) else None
         if self.blend_buckets:
             mu = (1 - self.blend_buckets) * mu + self.blend_buckets * (probs @ self.centers)
