@@ -6,7 +6,11 @@ Design note:
   exactly that: the totals are always the sum over live entries (a test checks this).
 - Lifecycle: `on_dispatch` (queued: adds uncached prompt tokens to the queued prefill
   and the expected decode tokens to the pending decode work) -> `on_prefill_done`
-  (running: the queued prefill leaves; the prompt now occupies KV) -> `on_finished`.
+  (running: the queued prefill leaves) -> `on_finished`.
+- KV occupancy is not summed here: requests sharing a cached prefix hold it once, so a
+  per-request sum (N requests x P shared tokens) overstates it N-fold and pushes a
+  prefix family off the worker that holds it. The router derives `kv_tokens_used` and
+  `kv_tokens_committed` from the mirror and the in-flight prompts (`router.py`).
 - Stock SGLang never tells the controller that a request finished; our scheduler-side
   hook does (see `completions.py`). If a report is lost, `expire` drops entries older
   than a bound and logs them, so the ledger cannot drift without bound.
@@ -45,7 +49,7 @@ class FinishedRequest:
 
 
 class LoadLedger:
-    """Per-worker load: queued prefill tokens, pending decode tokens, KV tokens in use."""
+    """Per-worker load: requests, queued prefill tokens, pending decode tokens."""
 
     def __init__(self, num_workers: int, kv_capacity_tokens: int | Sequence[int], expiry_s: float = 600.0):
         caps = [kv_capacity_tokens] * num_workers if isinstance(kv_capacity_tokens, int) else list(kv_capacity_tokens)
@@ -86,7 +90,6 @@ class LoadLedger:
         load = self.loads[entry.worker]
         load.queued_requests -= 1
         load.queued_prefill_tokens -= entry.uncached_tokens
-        load.kv_tokens_used += entry.prompt_tokens
         return True
 
     def on_finished(self, rid: str) -> FinishedRequest | None:
@@ -158,8 +161,6 @@ class LoadLedger:
         load = self.loads[entry.worker]
         load.requests -= 1
         load.pending_decode_tokens -= entry.expected_output_tokens
-        if entry.prefilled:
-            load.kv_tokens_used -= entry.prompt_tokens
-        else:
+        if not entry.prefilled:
             load.queued_requests -= 1
             load.queued_prefill_tokens -= entry.uncached_tokens

@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass
 
 from sglang_ext.global_tree import GlobalTree
+from sglang_ext.inflight import InflightPrefixes
 from sglang_ext.ledger import FinishedRequest, LoadLedger
 from sglang_ext.load_check import LoadCrossCheck, ReportedLoad
 from sglang_ext.policies import LengthSource, Policy, PolicyConfig, Request, make_policy
@@ -47,6 +48,7 @@ class Router:
             PolicyConfig(config.num_workers, config.length_source, config.seed),
         )
         self.tree = GlobalTree(config.num_workers, config.page_size)
+        self.inflight = InflightPrefixes(config.num_workers, config.page_size)
         self.ledger = LoadLedger(config.num_workers, config.kv_capacity_tokens, config.ledger_expiry_s)
         self.load_check = LoadCrossCheck(config.num_workers, config.load_check_grace_s)
         self._zeros = [0] * config.num_workers
@@ -61,6 +63,7 @@ class Router:
     def route(self, request: Request, now_s: float) -> int:
         """Pick a worker for `request` and record the placement in ledger and mirror."""
         cached = self.cached_tokens(request) if self.policy.uses_prefix_match else self._zeros
+        self.refresh_kv_figures()
         view = ClusterView(now_s, cached, self.ledger.loads, self.config.page_size)
         worker = self.policy.choose(request, view)
         self.last_cached_tokens = cached
@@ -68,53 +71,90 @@ class Router:
         return worker
 
     def cached_tokens(self, request: Request) -> list[int]:
-        """Per-worker cached prefix of the request; workers with an unrepaired event gap
-        count as holding nothing (their mirror is not trusted blindly)."""
+        """Per worker, the prefix of the request that is cached there or will be by the
+        time the request runs: the mirror's match, or the longest prefix shared with one
+        of the worker's in-flight prompts (queued ones are about to be cached, running
+        ones are cached and locked), whichever is longer. Workers with an unrepaired
+        event gap count as holding only their in-flight prompts (their mirror is not
+        trusted blindly)."""
         try:
             cached = self.tree.match(request.input_ids)
+            inflight = self.inflight.match(request.input_ids)
         except (OverflowError, TypeError) as exc:
             # Ids outside [0, 2**32) are no tokens of any model: nothing can be cached.
             logger.warning("router: rid=%s: prompt is not token ids (%s); counted as uncached",
                            request.rid, exc)
             return list(self._zeros)
         mask = self.tree.uncertain_mask
-        if mask:
-            for w in range(len(cached)):
-                if mask >> w & 1:
-                    cached[w] = 0
+        for w, pending in enumerate(inflight):
+            if mask >> w & 1 or pending > cached[w]:
+                cached[w] = pending
         return cached
+
+    def refresh_kv_figures(self) -> None:
+        """Derive every worker's KV figures (see `WorkerLoad`) from the mirror and the
+        in-flight prompts; run before each decision, since KV events change the mirror
+        behind the router's back."""
+        for w in range(self.config.num_workers):
+            self._refresh_kv(w)
+
+    def _refresh_kv(self, worker: int) -> None:
+        # In exact mode the mirror has not seen queued prompts yet, so their uncached
+        # tokens are added; the approximate mirror inserted them at dispatch.
+        load = self.ledger.loads[worker]
+        queued = load.queued_prefill_tokens
+        load.kv_tokens_used = max(0, self.inflight.tokens(worker) - queued)
+        load.kv_tokens_committed = (self.tree.tokens_held(worker) + (queued if self.config.exact_mirror else 0)
+                                    + load.pending_decode_tokens)
 
     def record_dispatch(self, request: Request, worker: int, cached_tokens: int, now_s: float) -> None:
         """Account for a request sent to `worker` (by the policy, or pinned by the client)."""
         expected = request.expected_output_tokens(self.config.length_source)
+        previous = self.ledger.worker_of(request.rid)
+        if previous is not None:  # a retried rid: the ledger forgets its old placement too
+            self.inflight.remove(request.rid, previous)
         self.ledger.on_dispatch(request.rid, worker, request.prompt_tokens, cached_tokens, expected, now_s)
+        try:
+            self.inflight.add(request.rid, worker, request.input_ids)
+        except (OverflowError, TypeError):
+            pass  # not token ids (logged by `cached_tokens`)
         if not self.config.exact_mirror:
             capacity = self.ledger.loads[worker].kv_capacity_tokens
             try:
                 self.tree.insert_approximate(worker, request.input_ids, capacity)
             except (OverflowError, TypeError):
                 pass  # not token ids (logged by `cached_tokens`): nothing to mirror
+        self._refresh_kv(worker)
 
     def prefill_done(self, rid: str, now_s: float) -> None:
         worker = self.ledger.worker_of(rid)
         if self.ledger.on_prefill_done(rid) and worker is not None:
+            self._refresh_kv(worker)
             self.policy.on_prefill_done(rid, worker, now_s)
 
     def finished(self, rid: str, output_tokens: int, now_s: float) -> FinishedRequest | None:
         done = self.ledger.on_finished(rid)
         if done is not None:
+            self.inflight.remove(rid, done.worker)
+            self._refresh_kv(done.worker)
             self.policy.on_finished(rid, done.worker, output_tokens, now_s)
         return done
 
     def expire(self, now_s: float) -> list[str]:
-        return self.ledger.expire(now_s, lambda rid, worker: self.policy.on_expired(rid, worker, now_s))
+        return self.ledger.expire(now_s, lambda rid, worker: self._forget(rid, worker, now_s))
+
+    def _forget(self, rid: str, worker: int, now_s: float) -> None:
+        """A request left the ledger without a completion report."""
+        self.inflight.remove(rid, worker)
+        self._refresh_kv(worker)
+        self.policy.on_expired(rid, worker, now_s)
 
     def reconcile(self, report: ReportedLoad, now_s: float) -> list[str]:
         """Cross-check the ledger with a worker's own load report (see `load_check.py`);
         requests it shows were finished without a completion report are dropped."""
         stale = self.load_check.observe(report, self.ledger)
         for rid in stale:
-            self.policy.on_expired(rid, report.worker, now_s)
+            self._forget(rid, report.worker, now_s)
         return stale
 
     def update_expected_output(self, rid: str, output_tokens: int) -> None:
@@ -129,4 +169,6 @@ class Router:
         if was_alive and not alive:
             for rid in self.ledger.forget_worker(worker):
                 self.policy.on_expired(rid, worker, now_s)
+            self.inflight.forget_worker(worker)
             self.tree.apply_cleared(worker)
+            self._refresh_kv(worker)

@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 from sglang_ext.ledger import LoadLedger
 
 PROPS = settings(max_examples=int(__import__("os").environ.get("LEDGER_EXAMPLES", 150)), derandomize=True, deadline=None)
-FIELDS = ("requests", "queued_requests", "queued_prefill_tokens", "pending_decode_tokens", "kv_tokens_used")
+# The KV figures are the router's (derived from the mirror), not the ledger's: see test_router.py.
+FIELDS = ("requests", "queued_requests", "queued_prefill_tokens", "pending_decode_tokens")
 
 
 def totals_from_entries(ledger: LoadLedger) -> list[dict[str, int]]:
@@ -20,9 +21,7 @@ def totals_from_entries(ledger: LoadLedger) -> list[dict[str, int]]:
         t = out[entry.worker]
         t["requests"] += 1
         t["pending_decode_tokens"] += entry.expected_output_tokens
-        if entry.prefilled:
-            t["kv_tokens_used"] += entry.prompt_tokens
-        else:
+        if not entry.prefilled:
             t["queued_requests"] += 1
             t["queued_prefill_tokens"] += entry.uncached_tokens
     return out
@@ -36,11 +35,11 @@ def test_lifecycle_of_one_request():
     ledger = LoadLedger(2, 1000)
     ledger.on_dispatch("a", 1, prompt_tokens=100, cached_tokens=30, expected_output_tokens=20, now_s=0.0)
     load = ledger.loads[1]
-    assert (load.requests, load.queued_requests, load.queued_prefill_tokens, load.pending_decode_tokens,
-            load.kv_tokens_used) == (1, 1, 70, 20, 0)
+    assert (load.requests, load.queued_requests, load.queued_prefill_tokens,
+            load.pending_decode_tokens) == (1, 1, 70, 20)
     assert ledger.on_prefill_done("a")
     assert not ledger.on_prefill_done("a")  # reported twice: counted once
-    assert (load.queued_requests, load.queued_prefill_tokens, load.kv_tokens_used) == (0, 0, 100)
+    assert (load.requests, load.queued_requests, load.queued_prefill_tokens) == (1, 0, 0)
     done = ledger.on_finished("a")
     assert done is not None and done.worker == 1 and done.uncached_tokens == 70
     assert figures(ledger) == [dict.fromkeys(FIELDS, 0)] * 2
@@ -78,7 +77,7 @@ def test_expiry_drops_only_old_entries_and_logs(caplog):
     assert len(caplog.records) == 1 and "old" in caplog.records[0].getMessage()
     assert ledger.expired == 2 and "new" in ledger and len(ledger) == 1
     assert figures(ledger) == totals_from_entries(ledger)
-    assert ledger.loads[1].kv_tokens_used == 0 and ledger.loads[0].queued_prefill_tokens == 70
+    assert ledger.loads[1].requests == 0 and ledger.loads[0].queued_prefill_tokens == 70
     # A report for an expired request is ignored, not subtracted twice.
     assert ledger.on_finished("old") is None
     assert figures(ledger) == totals_from_entries(ledger)

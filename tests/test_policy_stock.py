@@ -126,7 +126,7 @@ def test_pla_dead_worker_never_chosen():
 
 def test_pla_eviction_term_for_a_full_worker():
     p = policy("prefix_length_aware", 2)
-    loads = make_loads(2, capacity=10_000, kv_tokens_used=[9_900, 0])
+    loads = make_loads(2, capacity=10_000, kv_tokens_committed=[9_900, 0])
     view = make_view(loads, cached=[200, 0])
     assert p.choose(make_request(1000), view) == 1
 

@@ -63,13 +63,57 @@ def test_approximate_mirror_learns_from_dispatches():
 def test_exact_mirror_is_not_written_by_dispatches():
     router, policy = make_router(exact_mirror=True)
     router.route(make_request(rid="a"), 0.0)
-    router.route(make_request(rid="b"), 0.0)
-    assert policy.views[1] == [0, 0]
+    router.finished("a", 1, 0.5)
+    router.route(make_request(rid="b"), 1.0)
+    assert policy.views[1] == [0, 0] and router.tree.tokens_held(0) == 0
+
+
+def test_a_burst_follower_sees_the_prompt_in_flight_before_any_event():
+    """Exact mode learns of a prefix only from the prefill's events; until then the
+    worker's in-flight prompt says it is about to be cached there."""
+    router, policy = make_router(exact_mirror=True, choice=1)
+    prefix = list(range(1, 201))
+    router.route(make_request(prompt_tokens=230, prefix=prefix, rid="lead"), 0.0)
+    follow = make_request(prompt_tokens=240, prefix=prefix, rid="follow")
+    follow.input_ids[200:] = range(30_000, 30_040)
+    router.route(follow, 0.0)
+    assert policy.views[1] == [0, 200]
+    router.finished("lead", 1, 1.0)
+    router.finished("follow", 1, 1.0)
+    router.route(make_request(prompt_tokens=240, prefix=prefix, rid="later"), 2.0)
+    assert policy.views[2] == [0, 0]  # nothing in flight, no events: nothing known
+
+
+def test_shared_prefix_is_counted_once_at_capacity():
+    """Eight in-flight requests of 1,000 shared + 50 own tokens on a 4,096-token worker
+    hold about 1,400 tokens, not 8,400: none is pushed to the worker without the prefix
+    (the per-request sum sent request 6 away)."""
+    for exact in (False, True):
+        config = RouterConfig(policy="prefix_length_aware", num_workers=2, kv_capacity_tokens=4096,
+                              exact_mirror=exact)
+        router = Router(config)
+        prefix = list(range(1, 1001))
+        if exact:  # worker 0 already caches the prefix (its events arrived)
+            router.tree.apply_stored(0, [h + 7 for h in prefix], None, prefix)
+        else:
+            router.route(make_request(prompt_tokens=1000, prefix=prefix, max_new_tokens=16, rid="warm"), 0.0)
+            router.finished("warm", 16, 0.5)
+        placed = []
+        for i in range(8):
+            req = make_request(prompt_tokens=1050, prefix=prefix, max_new_tokens=16, rid=f"r{i}")
+            req.input_ids[1000:] = range(20_000 + 50 * i, 20_050 + 50 * i)
+            placed.append(router.route(req, 1.0 + i))
+            router.prefill_done(f"r{i}", 1.0 + i)
+        assert placed == [0] * 8, (exact, placed)
+        load = router.ledger.loads[0]
+        assert load.kv_tokens_used == 1000 + 8 * 50  # the prefix once, each own part once
+        assert load.kv_tokens_committed < 4096
 
 
 def test_uncertain_worker_matches_count_as_zero():
     router, policy = make_router()
     router.route(make_request(prompt_tokens=50, rid="a"), 0.0)
+    router.finished("a", 1, 0.5)  # no longer in flight: only the mirror knows it
     router.tree.mark_uncertain(0)
     router.route(make_request(prompt_tokens=50, rid="b"), 0.0)
     assert policy.views[1][0] == 0

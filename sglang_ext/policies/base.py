@@ -39,14 +39,23 @@ class WorkerLoad:
 
     All token counts are tokens, not pages. `pending_decode_tokens` sums, over the
     requests dispatched to the worker and not yet finished, the decode tokens each is
-    still expected to generate (by the host's length source).
+    still expected to generate (by the host's length source). The two KV figures come
+    from the mirror and the in-flight prompts (the router refreshes them before each
+    decision), never from a per-request sum.
     """
 
     requests: int = 0  # dispatched and not finished (queued + running)
     queued_requests: int = 0  # dispatched, prefill not yet done
     queued_prefill_tokens: int = 0  # uncached prompt tokens still to prefill
     pending_decode_tokens: int = 0  # expected remaining decode tokens of in-flight requests
-    kv_tokens_used: int = 0  # tokens resident in the worker's KV cache
+    # KV tokens the in-flight requests hold now: their prompts' cached or prefilled
+    # tokens, a prefix shared by several requests counted once (SGLang's "used" tokens,
+    # without the tokens generated so far, which the host does not see).
+    kv_tokens_used: int = 0
+    # Tokens the worker's KV cache holds (in use or evictable), plus what its in-flight
+    # requests will still add (uncached prompt, expected decode): what a placement
+    # would have to fit beside.
+    kv_tokens_committed: int = 0
     kv_capacity_tokens: int = 1  # the worker's KV capacity (max_total_num_tokens)
     alive: bool = True
 

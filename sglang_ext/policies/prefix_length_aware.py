@@ -12,7 +12,7 @@ of serving it there, counting both what the request suffers and what it inflicts
                 them the same way; a co-runner overlaps at most L of its remaining tokens,
                 so requests that will finish soon weigh little (this is where the
                 predicted length enters, for the new request and for the running ones);
-    eviction  = b1 * max(0, kv_used[w] + uncached[w] + L - capacity[w])
+    eviction  = b1 * max(0, kv_committed[w] + uncached[w] + L - capacity[w])
                 tokens of cached prefixes the placement would push out, charged as the
                 prefill needed to recompute them (PREBLE's M term, without a virtual LRU).
 
@@ -53,7 +53,7 @@ class PrefixLengthAware(Policy):
             uncached = prompt - view.cached_tokens[w]
             prefill = b1 * (load.queued_prefill_tokens + uncached)
             decode = 2.0 * b2 * min(load.pending_decode_tokens, load.requests * out)
-            overflow = load.kv_tokens_used + uncached + out - load.kv_capacity_tokens
+            overflow = load.kv_tokens_committed + uncached + out - load.kv_capacity_tokens
             eviction = b1 * overflow if overflow > 0 else 0.0
             costs.append(prefill + decode + eviction)
         return costs
