@@ -37,6 +37,7 @@ from sglang_ext.policies import POLICIES, LengthSource, Request
 from sglang_ext.router import Router, RouterConfig
 from sglang_ext.settings import (
     CLIENT_MAX_NEW_TOKENS_KEY,
+    ENV_COST_MODEL,
     ENV_LENGTH_MODEL,
     ENV_LENGTH_SOURCE,
     ENV_POLICY,
@@ -94,6 +95,7 @@ class PrefixAwareController(DataParallelController):
             kv_capacity_tokens=int(self.max_total_num_tokens),
             length_source=LengthSource(os.environ.get(ENV_LENGTH_SOURCE, LengthSource.MAX_NEW_TOKENS.value)),
             exact_mirror=feed is not None,
+            cost_model=os.environ.get(ENV_COST_MODEL) or RouterConfig.cost_model,
         ))
         if feed is not None:
             self.kv_subscriber = KVEventSubscriber(feed, self.router.tree)
@@ -247,6 +249,8 @@ class PrefixAwareController(DataParallelController):
             "kv_events": self.kv_subscriber.applier.stats if self.kv_subscriber else None,
             "bad_reports": self.bad_reports,
             "load_check": router.load_check.status(),
+            "cost_model": (router.cost_fit.status() if router.cost_fit is not None
+                           else {"name": router.cost_model.name}),
             "length_predictions": None if self.lengths is None else {
                 "predicted_in_time": self.lengths.predicted, "fallbacks": self.lengths.fallbacks,
                 "failed": self.lengths.failed,

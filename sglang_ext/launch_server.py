@@ -9,7 +9,9 @@ values (run by our controller with the same semantics and a blocking event loop)
 ours; `--length-source` (max_new_tokens | predicted | oracle), `--length-model DIR`
 (the trained length head; default: length_model/artifacts), `--predict-wait-ms MS` (how
 long a request may wait for its prediction before it is dispatched on the fallback;
-default 20, 0 = never wait) and `--kv-mirror` (auto | events | approximate) are ours. Our values are handed to the controller process
+default 20, 0 = never wait), `--cost-model NAME|FILE|online[:NAME]` (the step-time
+coefficients the cost-based policies weigh prefill against decode with; `online` fits
+them from the workers' reports) and `--kv-mirror` (auto | events | approximate) are ours. Our values are handed to the controller process
 through the environment, since SGLang's parser would reject them; SGLang itself is told
 `round_robin`.
 
@@ -27,7 +29,7 @@ import random
 import socket
 import sys
 
-from sglang_ext.settings import ENV_LENGTH_MODEL, ENV_LENGTH_SOURCE, ENV_POLICY, ENV_PREDICT_WAIT_MS
+from sglang_ext.settings import ENV_COST_MODEL, ENV_LENGTH_MODEL, ENV_LENGTH_SOURCE, ENV_POLICY, ENV_PREDICT_WAIT_MS
 from sglang_ext.policies import POLICIES, LengthSource
 
 SGLANG_ONLY_METHODS = ("auto", "follow_bootstrap_room")
@@ -88,11 +90,25 @@ def translate_args(argv: list[str], environ: dict) -> list[str]:
         except ValueError:
             raise UsageError(f"--predict-wait-ms must be a number >= 0, got {wait_ms!r}") from None
         environ[ENV_PREDICT_WAIT_MS] = wait_ms
+    cost_model = _pop_flag(argv, "--cost-model")
+    if cost_model is not None:
+        from sglang_ext.cost_model import CostModelError
+        from sglang_ext.router import build_cost_model
+
+        try:
+            build_cost_model(cost_model)
+        except CostModelError as exc:
+            raise UsageError(f"--cost-model: {exc}") from None
+        environ[ENV_COST_MODEL] = cost_model
     mirror = _pop_flag(argv, "--kv-mirror") or "auto"
     if mirror not in ("auto", "events", "approximate"):
         raise UsageError(f"unknown --kv-mirror {mirror!r}; valid: auto, events, approximate")
     if mirror != "approximate" and not any(a.startswith("--kv-events-config") for a in argv):
         argv += ["--kv-events-config", json.dumps(loopback_kv_events_config(_dp_size(argv)))]
+    if _flag_value(argv, "--device") == "cpu":
+        from sglang_ext.cpu_host import apply_cpu_defaults
+
+        apply_cpu_defaults(environ, _dp_size(argv))
     # Our plugin must load in every SGLang process; respect a user whitelist but add us.
     allowed = environ.get("SGLANG_PLUGINS")
     if allowed and PLUGIN_NAME not in allowed.split(","):
@@ -100,14 +116,27 @@ def translate_args(argv: list[str], environ: dict) -> list[str]:
     return argv
 
 
-def _dp_size(argv: list[str]) -> int:
-    for flag in ("--dp-size", "--dp", "--data-parallel-size"):
+def _flag_value(argv: list[str], *flags: str) -> str | None:
+    for flag in flags:
         for i, arg in enumerate(argv):
             if arg == flag and i + 1 < len(argv):
-                return int(argv[i + 1])
+                return argv[i + 1]
             if arg.startswith(flag + "="):
-                return int(arg.split("=", 1)[1])
-    return 1
+                return arg.split("=", 1)[1]
+    return None
+
+
+def _dp_size(argv: list[str]) -> int:
+    value = _flag_value(argv, "--dp-size", "--dp", "--data-parallel-size")
+    if value is None:
+        return 1
+    try:
+        size = int(value)
+    except ValueError:
+        raise UsageError(f"--dp-size must be a whole number, got {value!r}") from None
+    if size < 1:
+        raise UsageError(f"--dp-size must be at least 1, got {size}")
+    return size
 
 
 def _ports_free(ports: range) -> bool:

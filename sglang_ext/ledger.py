@@ -82,6 +82,11 @@ class LoadLedger:
         load.queued_prefill_tokens += entry.uncached_tokens
         load.pending_decode_tokens += entry.expected_output_tokens
 
+    def queued_uncached_tokens(self, rid: str) -> int:
+        """The uncached prompt tokens `rid` still has to prefill (0 once prefilled or unknown)."""
+        entry = self._entries.get(rid)
+        return 0 if entry is None or entry.prefilled else entry.uncached_tokens
+
     def on_prefill_done(self, rid: str) -> bool:
         entry = self._entries.get(rid)
         if entry is None or entry.prefilled:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from sglang_ext.cost_model import DEFAULT_COST_MODEL, ONLINE, CostModel, OnlineCostFit, load_cost_model
 from sglang_ext.global_tree import GlobalTree
 from sglang_ext.inflight import InflightPrefixes
 from sglang_ext.ledger import FinishedRequest, LoadLedger
@@ -38,15 +39,30 @@ class RouterConfig:
     # (see `load_check.py`).
     load_check_grace_s: float = 2.0
     seed: int = 0
+    # A cost-model file name or path (`sglang_ext/cost_models/`), or `online` /
+    # `online:NAME`: fitted from the workers' reports, starting from and bounded around
+    # NAME (default file if omitted).
+    cost_model: str = DEFAULT_COST_MODEL
+
+
+def build_cost_model(spec: str) -> tuple[CostModel, OnlineCostFit | None]:
+    """The cost model a `RouterConfig.cost_model` names, and its online fit if asked for.
+    Raises `CostModelError` (one line) for an unknown name or a bad file."""
+    if spec == ONLINE or spec.startswith(ONLINE + ":"):
+        model = load_cost_model(spec.partition(":")[2] or DEFAULT_COST_MODEL)
+        return model, OnlineCostFit(model)
+    return load_cost_model(spec), None
 
 
 class Router:
     def __init__(self, config: RouterConfig, policy: Policy | None = None):
         self.config = config
+        self.cost_model, self.cost_fit = build_cost_model(config.cost_model)
         self.policy = policy or make_policy(
             config.policy,
-            PolicyConfig(config.num_workers, config.length_source, config.seed),
+            PolicyConfig(config.num_workers, config.length_source, config.seed, self.cost_model),
         )
+        self._prefilled_tokens = [0] * config.num_workers  # cumulative, for the online fit
         self.tree = GlobalTree(config.num_workers, config.page_size)
         self.inflight = InflightPrefixes(config.num_workers, config.page_size)
         self.ledger = LoadLedger(config.num_workers, config.kv_capacity_tokens, config.ledger_expiry_s)
@@ -54,10 +70,10 @@ class Router:
         self._zeros = [0] * config.num_workers
         self.last_cached_tokens: list[int] = self._zeros  # the view of the latest decision
         logger.info(
-            "router: policy=%s workers=%d mirror=%s length_source=%s",
+            "router: policy=%s workers=%d mirror=%s length_source=%s cost_model=%s",
             config.policy, config.num_workers,
             "exact (KV events)" if config.exact_mirror else "approximate (insert on dispatch, LRU)",
-            config.length_source.value,
+            config.length_source.value, config.cost_model,
         )
 
     def route(self, request: Request, now_s: float) -> int:
@@ -113,6 +129,9 @@ class Router:
         previous = self.ledger.worker_of(request.rid)
         if previous is not None:  # a retried rid: the ledger forgets its old placement too
             self.inflight.remove(request.rid, previous)
+        if self.cost_fit is not None:
+            ahead = self.ledger.loads[worker].queued_prefill_tokens + max(0, request.prompt_tokens - cached_tokens)
+            self.cost_fit.on_dispatch(request.rid, now_s, ahead)
         self.ledger.on_dispatch(request.rid, worker, request.prompt_tokens, cached_tokens, expected, now_s)
         try:
             self.inflight.add(request.rid, worker, request.input_ids)
@@ -128,7 +147,12 @@ class Router:
 
     def prefill_done(self, rid: str, now_s: float) -> None:
         worker = self.ledger.worker_of(rid)
+        uncached = self.ledger.queued_uncached_tokens(rid)
         if self.ledger.on_prefill_done(rid) and worker is not None:
+            self._prefilled_tokens[worker] += uncached
+            if self.cost_fit is not None:
+                self.cost_fit.on_prefill_done(rid, now_s, self.ledger.loads[worker].requests,
+                                              self._prefilled_tokens[worker])
             self._refresh_kv(worker)
             self.policy.on_prefill_done(rid, worker, now_s)
 
@@ -137,6 +161,10 @@ class Router:
         if done is not None:
             self.inflight.remove(rid, done.worker)
             self._refresh_kv(done.worker)
+            if self.cost_fit is not None:
+                # The request itself has left the ledger's count: add it back.
+                self.cost_fit.on_finished(rid, now_s, output_tokens, self.ledger.loads[done.worker].requests + 1,
+                                          self._prefilled_tokens[done.worker])
             self.policy.on_finished(rid, done.worker, output_tokens, now_s)
         return done
 
@@ -147,6 +175,8 @@ class Router:
         """A request left the ledger without a completion report."""
         self.inflight.remove(rid, worker)
         self._refresh_kv(worker)
+        if self.cost_fit is not None:
+            self.cost_fit.forget(rid)
         self.policy.on_expired(rid, worker, now_s)
 
     def reconcile(self, report: ReportedLoad, now_s: float) -> list[str]:
@@ -168,6 +198,8 @@ class Router:
         self.ledger.set_alive(worker, alive)
         if was_alive and not alive:
             for rid in self.ledger.forget_worker(worker):
+                if self.cost_fit is not None:
+                    self.cost_fit.forget(rid)
                 self.policy.on_expired(rid, worker, now_s)
             self.inflight.forget_worker(worker)
             self.tree.apply_cleared(worker)

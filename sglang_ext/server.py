@@ -1,8 +1,8 @@
 """Start and stop a real SGLang server (with our controller) as a child process.
 
-Used by the demo, the tests and the live benchmarks. On this project's CPU hosts:
-`SGLANG_USE_CPU_ENGINE=1`, the torch_native attention backend, one core per DP rank
-and `--sleep-on-idle` (DESIGN.md section 2.2). The server runs in its own process
+Used by the demo, the tests and the live benchmarks. On this project's CPU hosts: the
+environment of `cpu_host.py` (CPU engine, one compute thread per core and rank), the
+torch_native attention backend and `--sleep-on-idle`. The server runs in its own process
 group and is stopped by group; SGLang's load snapshots in /dev/shm and our report
 sockets are removed afterwards.
 
@@ -27,6 +27,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from sglang_ext.cpu_host import apply_cpu_defaults
 from sglang_ext.status import ENV_STATUS_FILE
 
 LOCK_PATH = "/tmp/sglang_ext_server.lock"
@@ -40,11 +41,7 @@ def free_port() -> int:
 
 def cpu_env(dp_size: int) -> dict[str, str]:
     env = dict(os.environ)
-    env["SGLANG_USE_CPU_ENGINE"] = "1"
-    cores = os.cpu_count() or 1
-    if dp_size > 1:
-        # One core per rank when there are enough; else let them share.
-        env["SGLANG_CPU_OMP_THREADS_BIND"] = "|".join(str(r % cores) for r in range(dp_size))
+    apply_cpu_defaults(env, dp_size)
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
 

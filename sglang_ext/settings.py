@@ -9,6 +9,7 @@ ENV_POLICY = "SGLANG_EXT_POLICY"
 ENV_LENGTH_SOURCE = "SGLANG_EXT_LENGTH_SOURCE"
 ENV_LENGTH_MODEL = "SGLANG_EXT_LENGTH_MODEL"  # folder of the trained length head
 ENV_PREDICT_WAIT_MS = "SGLANG_EXT_PREDICT_WAIT_MS"  # how long a request may wait for it
+ENV_COST_MODEL = "SGLANG_EXT_COST_MODEL"  # a cost-model name or file, or online[:NAME]
 
 # Keys of a request's `sampling_params.custom_params` the controller reads (see
 # `controller._request_of`); traces/replay.py sends them.

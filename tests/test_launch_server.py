@@ -74,3 +74,32 @@ def test_kv_ports_are_consecutive_per_rank():
     pub = int(cfg["endpoint"].rsplit(":", 1)[1])
     replay = int(cfg["replay_endpoint"].rsplit(":", 1)[1])
     assert replay == pub + 4
+
+
+def test_cpu_device_sets_the_cpu_engine_and_one_thread_per_core_and_rank():
+    env = {}
+    translate_args(["--model-path", "m", "--device", "cpu", "--dp-size", "2"], env)
+    assert env["SGLANG_USE_CPU_ENGINE"] == "1"
+    assert env["OMP_NUM_THREADS"] == str(max(1, (__import__("os").cpu_count() or 1) // 2))
+    user = {"OMP_NUM_THREADS": "3"}
+    translate_args(["--device=cpu"], user)
+    assert user["OMP_NUM_THREADS"] == "3"  # the user's choice is kept
+    gpu = {}
+    translate_args(["--model-path", "m", "--dp-size", "2"], gpu)
+    assert "OMP_NUM_THREADS" not in gpu and "SGLANG_USE_CPU_ENGINE" not in gpu
+
+
+@pytest.mark.parametrize("value", ["two", "0"])
+def test_a_bad_dp_size_is_a_usage_error(value):
+    with pytest.raises(UsageError, match="--dp-size must be"):
+        translate_args(["--dp-size", value], {})
+
+
+def test_cost_model_is_checked_at_launch_and_handed_to_the_controller():
+    from sglang_ext.settings import ENV_COST_MODEL
+
+    env = {}
+    translate_args(["--cost-model", "online:a100-llama3.1-8b"], env)
+    assert env[ENV_COST_MODEL] == "online:a100-llama3.1-8b"
+    with pytest.raises(UsageError, match="--cost-model: no cost model 'nope'"):
+        translate_args(["--cost-model", "nope"], {})

@@ -110,11 +110,17 @@ class ClusterView:
 
 @dataclass(frozen=True, slots=True)
 class PolicyConfig:
-    """Options shared by all policies; each policy reads the ones it needs."""
+    """Options shared by all policies; each policy reads the ones it needs.
+
+    `cost_model` (a `sglang_ext.cost_model.CostModel`, None: the default file) is the
+    instance the host keeps current: with `--cost-model online` the router re-fits it in
+    place, so a policy reads its coefficients at each decision rather than copying them.
+    """
 
     num_workers: int
     length_source: LengthSource = LengthSource.MAX_NEW_TOKENS
     seed: int = 0
+    cost_model: object | None = None
 
 
 class Policy(ABC):

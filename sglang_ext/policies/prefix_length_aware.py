@@ -18,33 +18,30 @@ of serving it there, counting both what the request suffers and what it inflicts
 
 L is the request's expected decode length from the selected length source
 (`max_new_tokens`, `predicted`, or `oracle`). b1 (us per prefill token) and b2 (us per
-co-running request per decode step) come from a cost model; the defaults are the
-Llama-3.1-8B-on-H100 fit in DESIGN.md section 4. Only ratios matter for the choice.
+co-running request per decode step) come from the host's cost model (`--cost-model`, see
+`sglang_ext/cost_model.py`; default: the Llama-3.1-8B-on-H100 fit), read at each decision
+so that an online fit takes effect at once. Only their ratio matters for the choice.
 
 Ties go to the worker with fewer requests, then the lowest index. Cost: O(workers) on top
 of the host's prefix match; no history, no scan of the tree.
 """
 
-from sglang_ext.policies.base import ClusterView, Policy, Request
-
-DEFAULT_PREFILL_US_PER_TOKEN = 17.3
-DEFAULT_DECODE_US_PER_REQUEST_STEP = 6.0
+from sglang_ext.cost_model import DEFAULT_COST_MODEL, CostModel, load_cost_model
+from sglang_ext.policies.base import ClusterView, Policy, PolicyConfig, Request
 
 
 class PrefixLengthAware(Policy):
     name = "prefix_length_aware"
 
-    def __init__(self, config, prefill_us_per_token: float = DEFAULT_PREFILL_US_PER_TOKEN,
-                 decode_us_per_request_step: float = DEFAULT_DECODE_US_PER_REQUEST_STEP):
+    def __init__(self, config: PolicyConfig, cost_model: CostModel | None = None):
         super().__init__(config)
-        self.b1 = prefill_us_per_token
-        self.b2 = decode_us_per_request_step
+        self.cost = cost_model or config.cost_model or load_cost_model(DEFAULT_COST_MODEL)
 
     def costs(self, request: Request, view: ClusterView) -> list[float]:
         """The cost of each worker (inf for dead ones); exposed for tests and reports."""
         prompt = request.prompt_tokens
         out = request.expected_output_tokens(self.config.length_source)
-        b1, b2 = self.b1, self.b2
+        b1, b2 = self.cost.prefill_us_per_token, self.cost.decode_us_per_request
         costs = []
         for w, load in enumerate(view.loads):
             if not load.alive:
