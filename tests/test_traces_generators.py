@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from traces import react, sharegpt, toolbench
+from traces import prefix_groups, react, sharegpt, toolbench
 from traces.arrivals import ArrivalConfig, arrival_times, parse_steps
 from traces.config import CommonConfig
 from traces.distributions import DiscreteDistribution, stratified_counts, zipf_weights
-from traces.format import validate
+from traces.format import read_trace, validate
+from traces.replay import ReplayConfig, request_body
 
 
 def common(**kw) -> CommonConfig:
@@ -136,6 +137,81 @@ def test_same_seed_gives_byte_identical_file(tmp_path, kind):
         paths.append(path.read_bytes())
     assert paths[0] == paths[1]
     assert paths[0] != paths[2]
+
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+@pytest.mark.parametrize("model", ["tiny-llama", "smollm2-135m"])
+def test_prefix_groups_share_exactly_their_prefix_and_differ_at_token_0(model):
+    from tests.conftest import ROOT
+
+    folder = ROOT / "models" / model
+    if not (folder / "tokenizer.json").exists():
+        pytest.skip(f"{model} not built: run scripts/setup_cpu.sh")
+    cfg = prefix_groups.PrefixGroupsConfig(seed=3, tokenizer=str(folder))
+    header, reqs = prefix_groups.generate(cfg)
+    validate(reqs)
+    assert header.generator == "prefix-groups" and len(reqs) == 4 * 6
+    assert all(r.output_tokens == r.max_new_tokens == 16 for r in reqs)
+    assert all(len(r.input_ids) == r.prompt_tokens == 512 + 32 for r in reqs)
+    by_group = collections.defaultdict(list)
+    for r in reqs:
+        by_group[r.prefix_group].append(r.input_ids)
+    assert sorted(len(v) for v in by_group.values()) == [6] * 4
+    for prompts in by_group.values():
+        # Shared prefix is exactly 512 tokens: no longer (questions differ at their first token).
+        assert all(_common_prefix(a, b) == 512 for i, a in enumerate(prompts) for b in prompts[i + 1:])
+    heads = [prompts[0][:512] for prompts in by_group.values()]
+    assert len({h[0] for h in heads}) == 4
+    # The replay sends the exact ids, not the text.
+    body = request_body(reqs[0], ReplayConfig(trace="x"))
+    assert body["input_ids"] == reqs[0].input_ids and "text" not in body
+    assert body["sampling_params"]["max_new_tokens"] == 16 and body["sampling_params"]["ignore_eos"]
+
+
+def test_prefix_groups_arrive_poisson_in_random_group_order():
+    cfg = prefix_groups.PrefixGroupsConfig(groups=40, prompts_per_group=50, prefix_tokens=4, question_tokens=2,
+                                           rate_rps=2.0, seed=1)
+    _, reqs = prefix_groups.generate(cfg)
+    t = np.array([r.arrival_s for r in reqs])
+    assert len(t) == 2000 and np.all(np.diff(t) >= 0)
+    assert stats.kstest(np.diff(t), "expon", args=(0, 1 / 2.0)).pvalue > 0.001
+    order = [r.prefix_group for r in reqs]
+    assert order != sorted(order, key=lambda g: int(g.split("-")[1]))
+    small = prefix_groups.PrefixGroupsConfig(groups=4, prompts_per_group=6, prefix_tokens=4, question_tokens=2)
+    orders = {tuple(r.prefix_group for r in prefix_groups.generate(
+        prefix_groups.PrefixGroupsConfig(**{**vars(small), "seed": s}))[1]) for s in range(4)}
+    assert len(orders) > 1
+
+
+def test_prefix_groups_reject_bad_options():
+    for bad in [dict(groups=0), dict(prefix_tokens=0), dict(output_tokens=32, max_new_tokens=16), dict(rate_rps=0.0)]:
+        with pytest.raises(ValueError):
+            prefix_groups.generate(prefix_groups.PrefixGroupsConfig(**bad))
+
+
+def test_prefix_groups_same_seed_gives_byte_identical_file(tmp_path):
+    from traces.cli import main
+
+    paths = []
+    for name, seed in [("a", 5), ("b", 5), ("c", 6)]:
+        path = tmp_path / f"{name}.jsonl"
+        assert main(["generate", "prefix-groups", "--out", str(path), "--seed", str(seed), "--groups", "3",
+                     "--prompts-per-group", "4", "--prefix-tokens", "64", "--question-tokens", "8",
+                     "--output-tokens", "4", "--max-new-tokens", "8", "--rate-rps", "2"]) == 0
+        paths.append(path.read_bytes())
+    assert paths[0] == paths[1] and paths[0] != paths[2]
+    trace = read_trace(tmp_path / "a.jsonl")
+    assert trace.header.config["prompts_per_group"] == 4 and len(trace.requests) == 12
+    assert all(len(r.input_ids) == 72 and r.output_tokens == 4 and r.max_new_tokens == 8 for r in trace.requests)
 
 
 from hypothesis import given, settings, strategies as st  # noqa: E402

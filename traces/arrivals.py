@@ -90,3 +90,17 @@ def arrival_times(cfg: ArrivalConfig, rng: np.random.Generator) -> np.ndarray:
     seg = np.searchsorted(cum_work, u, side="right") - 1     # zero-rate steps are never chosen
     times = starts[seg] + (u - cum_work[seg]) / rates[seg]
     return np.round(times, 6)
+
+
+def first_arrivals(cfg: ArrivalConfig, n: int, rng: np.random.Generator) -> np.ndarray:
+    """The first `n` arrival times of the process at its single rate (no steps): for
+    workloads defined by a request count rather than a duration. The same unit-rate gaps
+    as `arrival_times`, so Poisson gaps are exponential and never truncated."""
+    cfg.check()
+    if cfg.steps:
+        raise ValueError("a fixed request count takes one rate, not rate steps")
+    if n < 1:
+        raise ValueError(f"need at least one request, got {n}")
+    if not cfg.rate_rps > 0:
+        raise ValueError(f"--rate-rps must be > 0, got {cfg.rate_rps}")
+    return np.round(np.cumsum(_unit_gaps(cfg, n, rng)) / cfg.rate_rps, 6)

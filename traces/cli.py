@@ -1,4 +1,4 @@
-"""`python -m traces generate {react,toolbench,sharegpt} | replay | stats`.
+"""`python -m traces generate {react,toolbench,sharegpt,prefix-groups} | replay | stats`.
 
 Exit codes: 0 ok, 2 bad input (options, trace files), 1 runtime failure (server
 unreachable, failed requests). Errors are one line on stderr, never a traceback.
@@ -22,6 +22,8 @@ EXAMPLES = """examples:
   python -m traces generate react --out steps.jsonl --steps 2:30,8:30,16:30
   python -m traces generate toolbench --out tools.jsonl --tools 200 --zipf-exponent 1.1
   python -m traces generate sharegpt --out chat.jsonl --max-turns 3 --token-ids
+  python -m traces generate prefix-groups --out groups.jsonl --groups 4 --prompts-per-group 6 \\
+      --prefix-tokens 512 --question-tokens 32 --output-tokens 16 --rate-rps 0.5 --tokenizer models/smollm2-135m
   python -m traces stats react.jsonl --out react-stats
   python -m traces replay react.jsonl --url http://127.0.0.1:30000 --out run1 --rate-scale 2
 exit codes: 0 ok, 2 bad input, 1 runtime failure
@@ -69,7 +71,21 @@ def _common_config(a: argparse.Namespace) -> CommonConfig:
                         tokenizer=a.tokenizer, token_ids=a.token_ids)
 
 
+def _dataclass_options(p: argparse.ArgumentParser, cls) -> None:
+    """One option per field of a flat config dataclass, its help from the field's metadata."""
+    import dataclasses
+
+    for f in dataclasses.fields(cls):
+        kw = {"default": f.default, "help": f.metadata.get("help")}
+        if "choices" in f.metadata:
+            kw["choices"] = f.metadata["choices"]
+        elif f.default is not None:
+            kw["type"] = type(f.default)
+        p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, **kw)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from traces.prefix_groups import PrefixGroupsConfig
     from traces.react import ReactConfig
     from traces.sharegpt import ShareGPTConfig
     from traces.toolbench import ToolbenchConfig
@@ -102,6 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-prompt-tokens", type=int, default=ShareGPTConfig.max_prompt_tokens)
     s.add_argument("--scan-records", type=int, default=None, help="read only the first N records of the file")
 
+    pg = kinds.add_parser("prefix-groups", help="G long shared prefixes x P short questions, exact token counts",
+                          epilog=EXAMPLES, formatter_class=fmt)
+    pg.add_argument("--out", required=True, help="trace file to write (JSONL)")
+    _dataclass_options(pg, PrefixGroupsConfig)
+
     rp = sub.add_parser("replay", help="open-loop replay against SGLang /generate", epilog=EXAMPLES, formatter_class=fmt)
     rp.add_argument("trace")
     rp.add_argument("--url", default="http://127.0.0.1:30000", help="SGLang server (default: loopback)")
@@ -128,8 +149,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _generate(a: argparse.Namespace) -> int:
-    from traces import react, sharegpt, toolbench
+    import dataclasses
 
+    from traces import prefix_groups, react, sharegpt, toolbench
+
+    if a.kind == "prefix-groups":
+        names = [f.name for f in dataclasses.fields(prefix_groups.PrefixGroupsConfig)]
+        header, requests = prefix_groups.generate(prefix_groups.PrefixGroupsConfig(**{n: getattr(a, n) for n in names}))
+        return _write(a.out, header, requests)
     common = _common_config(a)
     if a.kind == "react":
         cfg = react.ReactConfig(common, a.workloads, a.examples, a.questions, a.max_turns)
@@ -140,11 +167,15 @@ def _generate(a: argparse.Namespace) -> int:
     else:
         cfg = sharegpt.ShareGPTConfig(common, a.max_turns, a.max_prompt_tokens, a.scan_records)
         header, requests = sharegpt.generate(cfg)
+    return _write(a.out, header, requests)
+
+
+def _write(path: str, header, requests) -> int:
     validate(requests)
-    n = write_trace(a.out, header, requests)
+    n = write_trace(path, header, requests)
     sessions = len({r.session for r in requests})
     groups = len({r.prefix_group for r in requests})
-    print(f"traces: wrote {n} requests ({sessions} sessions, {groups} prefix groups) to {a.out}")
+    print(f"traces: wrote {n} requests ({sessions} sessions, {groups} prefix groups) to {path}")
     return 0
 
 

@@ -32,6 +32,9 @@ class Tokenizer:
             out += [e.ids for e in self._tok.encode_batch(texts[start:start + chunk], add_special_tokens=False)]
         return out
 
+    def decode(self, ids: list[int]) -> str:
+        return self._tok.decode(ids, skip_special_tokens=False)
+
     def count(self, text: str) -> int:
         return len(self.encode(text))
 

@@ -20,12 +20,11 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-import subprocess
-import sys
 import time
 
+from sglang_ext.bench.live_common import generate_trace, get, serve_and_replay
 from sglang_ext.models import tiny_path
-from sglang_ext.server import ServerSpec, start_server
+from sglang_ext.server import ServerSpec
 
 CONFIGS = [
     ("round_robin", "max_new_tokens"),
@@ -36,53 +35,32 @@ CONFIGS = [
 
 
 def make_trace(out: pathlib.Path, seed: int, rate_rps: float, duration_s: float, examples: int) -> pathlib.Path:
-    path = out / f"trace_seed{seed}.jsonl"
-    cmd = [sys.executable, "-m", "traces", "generate", "react", "--out", str(path), "--seed", str(seed),
-           "--rate-rps", str(rate_rps), "--duration-s", str(duration_s), "--output-lengths", "1:0.5,300:0.5",
-           "--max-new-tokens", "512", "--workloads", "4", "--examples", str(examples)]
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-    return path
+    return generate_trace(out / f"trace_seed{seed}.jsonl", "react", [
+        "--seed", str(seed), "--rate-rps", str(rate_rps), "--duration-s", str(duration_s),
+        "--output-lengths", "1:0.5,300:0.5", "--max-new-tokens", "512", "--workloads", "4",
+        "--examples", str(examples)])
 
 
 def run_config(trace_path: pathlib.Path, policy: str, length_source: str, out: pathlib.Path,
                length_model: str | None = None) -> dict:
-    from traces.format import read_trace
-    from traces.replay import ReplayConfig, run
-
-    out.mkdir(parents=True, exist_ok=True)
     spec = ServerSpec(str(tiny_path()), dp_size=2, load_balance_method=policy, max_total_tokens=65536,
                       extra_args=["--length-source", length_source]
                       + (["--length-model", length_model] if length_model else []))
-    with start_server(spec, str(out / "server.log")) as server:
-        cfg = ReplayConfig(trace=str(trace_path), url=server.url, out_dir=str(out), max_concurrency=128,
-                           progress=False)
-        summary = run(read_trace(str(trace_path)), cfg)
-        status = server.wait_status(lambda s: s["in_flight"] == 0, timeout_s=30) or {}
-    summary["controller"] = {k: status.get(k) for k in ("dispatched_by_worker", "length_predictions", "expired")}
-    return summary
-
-
-def _get(summary: dict, *path, default=float("nan")):
-    node = summary
-    for key in path:
-        if not isinstance(node, dict) or key not in node:
-            return default
-        node = node[key]
-    return node
+    return serve_and_replay(trace_path, spec, out)
 
 
 def row(policy: str, source: str, seed: int, s: dict) -> dict:
     return {
         "policy": policy, "length_source": source, "seed": seed,
-        "e2e_mean_s": _get(s, "e2e_s", "mean"), "e2e_p99_s": _get(s, "e2e_s", "p99"),
-        "ttft_mean_s": _get(s, "ttft_s", "mean"), "ttft_p99_s": _get(s, "ttft_s", "p99"),
-        "norm_latency_mean_s_per_token": _get(s, "norm_latency_s_per_token", "mean"),
-        "prefix_hit_rate": _get(s, "prefix_hit_rate"),
-        "busy_imbalance": _get(s, "worker_imbalance_busy_max_over_mean"),
-        "per_worker": _get(s, "per_worker", default=None),
-        "succeeded": _get(s, "succeeded", default=None), "failed": _get(s, "failed", default=None),
-        "dispatched_by_worker": _get(s, "controller", "dispatched_by_worker", default=None),
-        "length_predictions": _get(s, "controller", "length_predictions", default=None),
+        "e2e_mean_s": get(s, "e2e_s", "mean"), "e2e_p99_s": get(s, "e2e_s", "p99"),
+        "ttft_mean_s": get(s, "ttft_s", "mean"), "ttft_p99_s": get(s, "ttft_s", "p99"),
+        "norm_latency_mean_s_per_token": get(s, "norm_latency_s_per_token", "mean"),
+        "prefix_hit_rate": get(s, "prefix_hit_rate"),
+        "busy_imbalance": get(s, "worker_imbalance_busy_max_over_mean"),
+        "per_worker": get(s, "per_worker", default=None),
+        "succeeded": get(s, "succeeded", default=None), "failed": get(s, "failed", default=None),
+        "dispatched_by_worker": get(s, "controller", "dispatched_by_worker", default=None),
+        "length_predictions": get(s, "controller", "length_predictions", default=None),
     }
 
 
