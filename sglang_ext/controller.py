@@ -81,6 +81,7 @@ class PrefixAwareController(DataParallelController):
         stock = self.load_balance_method.name.lower()
         name = _policy_name(stock)
         self.router: Router | None = None
+        self._held: dict[str, object] = {}  # rid -> message held for its prefix (router.holds)
         self.kv_subscriber: KVEventSubscriber | None = None
         self.status_writer: StatusWriter | None = None
         self.lengths: PredictedLengths | None = None
@@ -130,18 +131,37 @@ class PrefixAwareController(DataParallelController):
         else:
             worker = self.router.route(request, now)
             cached = self.router.last_cached_tokens
-            sock_send(self.workers[worker], req)
+            if self.router.last_held:
+                self._held[req.rid] = req  # sent by `_send_released` after its leader's prefill
+            else:
+                sock_send(self.workers[worker], req)
         self._count_dispatch(req.rid, worker, cached, now)
+
+    def _send_released(self, now: float) -> None:
+        """Send the requests the router no longer holds (see `sglang_ext/prefix_hold.py`)."""
+        for rid in self.router.take_released(now):
+            message = self._held.pop(rid, None)
+            if message is None:
+                continue
+            _rewrap_time_stats(message)
+            worker = self.router.ledger.worker_of(rid)
+            if worker is None or not self.router.ledger.loads[worker].alive:
+                # Its worker went down while it waited: route it afresh.
+                worker = self.router.route(_request_of(message), now)
+                if self.router.last_held:
+                    self._held[rid] = message
+                    continue
+            sock_send(self.workers[worker], message)
 
     def _release_predicted(self, now: float) -> None:
         for message, request in self.lengths.collect(now, self.router):
-            # `dispatching_with_trace` unwrapped the time stats after we parked the
-            # request; the wire format needs them wrapped again.
-            if message.time_stats is not None and not isinstance(message.time_stats, PickleWrapper):
-                message.time_stats = wrap_as_pickle(message.time_stats)
+            _rewrap_time_stats(message)
             try:
                 worker = self.router.route(request, now)
-                sock_send(self.workers[worker], message)
+                if self.router.last_held:
+                    self._held[request.rid] = message
+                else:
+                    sock_send(self.workers[worker], message)
             except Exception as exc:
                 logger.error("controller: could not dispatch rid=%s after prediction: %s", request.rid, exc)
                 continue
@@ -193,6 +213,8 @@ class PrefixAwareController(DataParallelController):
                 self._release_predicted(time.monotonic())
             if self.router is not None:
                 now = time.monotonic()
+                if self._held:
+                    self._guarded("held requests", self._send_released, now)
                 self.router.expire(now)
                 if now - self._last_load_check_s >= LOAD_CHECK_INTERVAL_S:
                     self._last_load_check_s = now
@@ -220,7 +242,10 @@ class PrefixAwareController(DataParallelController):
                 self.router.reconcile(report, now)
 
     def _poll_timeout_ms(self) -> int:
-        deadline = self.lengths.next_deadline_s() if self.lengths is not None else None
+        deadlines = [d for d in (self.lengths.next_deadline_s() if self.lengths is not None else None,
+                                 self.router.holds.next_deadline_s() if self._held else None)
+                     if d is not None]
+        deadline = min(deadlines) if deadlines else None
         if deadline is None:
             return POLL_TIMEOUT_MS
         return max(0, min(POLL_TIMEOUT_MS, int((deadline - time.monotonic()) * 1000) + 1))
@@ -239,6 +264,8 @@ class PrefixAwareController(DataParallelController):
                 kv_capacity_tokens=ld.kv_capacity_tokens, alive=ld.alive,
             ) for ld in router.ledger.loads],
             "in_flight": len(router.ledger),
+            "prefix_holds": {"held_now": len(self._held), "held_total": router.holds.holds,
+                             "timeouts": router.holds.timeouts},
             "expired": router.ledger.expired,
             "dispatched_by_worker": self.dispatched_by_worker,
             "tree": {
@@ -293,6 +320,13 @@ class PrefixAwareController(DataParallelController):
                     self.router.prefill_done(report.rid, now)
                 elif report.kind == completions.FINISHED:
                     self.router.finished(report.rid, report.output_tokens, now)
+
+
+def _rewrap_time_stats(message) -> None:
+    """`dispatching_with_trace` unwrapped the time stats after we kept the message back;
+    the wire format needs them wrapped again."""
+    if getattr(message, "time_stats", None) is not None and not isinstance(message.time_stats, PickleWrapper):
+        message.time_stats = wrap_as_pickle(message.time_stats)
 
 
 def _request_of(req) -> Request:

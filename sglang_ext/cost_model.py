@@ -146,7 +146,7 @@ class OnlineCostFit:
     instance the policy reads) every `update_every` observations.
     """
 
-    def __init__(self, model: CostModel, bound: float = 100.0, prior_weight: float = 2.0,
+    def __init__(self, model: CostModel, bound: float = 1000.0, prior_weight: float = 2.0,
                  forget: float = 0.995, update_every: int = 8):
         self.model = model
         self.prior = CostModel(**{**asdict(model)})

@@ -20,6 +20,11 @@ from __future__ import annotations
 
 import os
 
+# The cost model the launcher uses on a CPU unless told otherwise: fitted online from the
+# workers' reports, starting from the SmolLM2-on-this-CPU file (the H100 default weighs
+# a prefill token against a decode step some 20 times differently).
+CPU_COST_MODEL = "online:cpu-smollm2-135m"
+
 
 def cpu_environment(dp_size: int, cores: int | None = None) -> dict[str, str]:
     """The variables a CPU server with `dp_size` ranks needs (values as strings)."""

@@ -106,9 +106,11 @@ def translate_args(argv: list[str], environ: dict) -> list[str]:
     if mirror != "approximate" and not any(a.startswith("--kv-events-config") for a in argv):
         argv += ["--kv-events-config", json.dumps(loopback_kv_events_config(_dp_size(argv)))]
     if _flag_value(argv, "--device") == "cpu":
-        from sglang_ext.cpu_host import apply_cpu_defaults
+        from sglang_ext.cpu_host import CPU_COST_MODEL, apply_cpu_defaults
 
         apply_cpu_defaults(environ, _dp_size(argv))
+        # The default file is an H100 fit; on a CPU, fit online from the closest CPU file.
+        environ.setdefault(ENV_COST_MODEL, CPU_COST_MODEL)
     # Our plugin must load in every SGLang process; respect a user whitelist but add us.
     allowed = environ.get("SGLANG_PLUGINS")
     if allowed and PLUGIN_NAME not in allowed.split(","):

@@ -16,6 +16,7 @@ from sglang_ext.global_tree import GlobalTree
 from sglang_ext.inflight import InflightPrefixes
 from sglang_ext.ledger import FinishedRequest, LoadLedger
 from sglang_ext.load_check import LoadCrossCheck, ReportedLoad
+from sglang_ext.prefix_hold import PrefixHolds
 from sglang_ext.policies import LengthSource, Policy, PolicyConfig, Request, make_policy
 from sglang_ext.policies.base import ClusterView
 
@@ -67,8 +68,11 @@ class Router:
         self.inflight = InflightPrefixes(config.num_workers, config.page_size)
         self.ledger = LoadLedger(config.num_workers, config.kv_capacity_tokens, config.ledger_expiry_s)
         self.load_check = LoadCrossCheck(config.num_workers, config.load_check_grace_s)
+        self.holds = PrefixHolds(config.num_workers)
         self._zeros = [0] * config.num_workers
         self.last_cached_tokens: list[int] = self._zeros  # the view of the latest decision
+        self.last_held = False  # whether the latest routed request is held (see `prefix_hold.py`)
+        self._last_mirror_tokens: list[int] = self._zeros
         logger.info(
             "router: policy=%s workers=%d mirror=%s length_source=%s cost_model=%s",
             config.policy, config.num_workers,
@@ -77,14 +81,30 @@ class Router:
         )
 
     def route(self, request: Request, now_s: float) -> int:
-        """Pick a worker for `request` and record the placement in ledger and mirror."""
+        """Pick a worker for `request` and record the placement in ledger and mirror.
+
+        If the policy holds requests for their prefix (`Policy.holds_for_prefix`) and the
+        request's prefix on that worker is only the prompt of a request still waiting for
+        its prefill there, `last_held` is set: the host keeps the request until
+        `take_released` names it, then sends it to `ledger.worker_of(rid)`.
+        """
         cached = self.cached_tokens(request) if self.policy.uses_prefix_match else self._zeros
         self.refresh_kv_figures()
         view = ClusterView(now_s, cached, self.ledger.loads, self.config.page_size)
         worker = self.policy.choose(request, view)
         self.last_cached_tokens = cached
+        leader = None
+        if self.policy.holds_for_prefix and self.config.exact_mirror and cached[worker]:
+            leader = self.holds.leader_for(request.input_ids, worker, self._last_mirror_tokens[worker])
         self.record_dispatch(request, worker, cached[worker], now_s)
+        if leader is not None:
+            self.holds.hold(request.rid, leader, now_s)
+        self.last_held = leader is not None
         return worker
+
+    def take_released(self, now_s: float) -> list[str]:
+        """Held requests that may be sent now (see `route`)."""
+        return self.holds.take_released(now_s)
 
     def cached_tokens(self, request: Request) -> list[int]:
         """Per worker, the prefix of the request that is cached there or will be by the
@@ -102,6 +122,7 @@ class Router:
                            request.rid, exc)
             return list(self._zeros)
         mask = self.tree.uncertain_mask
+        self._last_mirror_tokens = [0 if mask >> w & 1 else c for w, c in enumerate(cached)] if mask else list(cached)
         for w, pending in enumerate(inflight):
             if mask >> w & 1 or pending > cached[w]:
                 cached[w] = pending
@@ -129,10 +150,12 @@ class Router:
         previous = self.ledger.worker_of(request.rid)
         if previous is not None:  # a retried rid: the ledger forgets its old placement too
             self.inflight.remove(request.rid, previous)
+            self.holds.prefilled(request.rid, previous)
         if self.cost_fit is not None:
             ahead = self.ledger.loads[worker].queued_prefill_tokens + max(0, request.prompt_tokens - cached_tokens)
             self.cost_fit.on_dispatch(request.rid, now_s, ahead)
         self.ledger.on_dispatch(request.rid, worker, request.prompt_tokens, cached_tokens, expected, now_s)
+        self.holds.queued(request.rid, worker, request.input_ids)
         try:
             self.inflight.add(request.rid, worker, request.input_ids)
         except (OverflowError, TypeError):
@@ -149,6 +172,7 @@ class Router:
         worker = self.ledger.worker_of(rid)
         uncached = self.ledger.queued_uncached_tokens(rid)
         if self.ledger.on_prefill_done(rid) and worker is not None:
+            self.holds.prefilled(rid, worker)
             self._prefilled_tokens[worker] += uncached
             if self.cost_fit is not None:
                 self.cost_fit.on_prefill_done(rid, now_s, self.ledger.loads[worker].requests,
@@ -160,6 +184,7 @@ class Router:
         done = self.ledger.on_finished(rid)
         if done is not None:
             self.inflight.remove(rid, done.worker)
+            self.holds.prefilled(rid, done.worker)
             self._refresh_kv(done.worker)
             if self.cost_fit is not None:
                 # The request itself has left the ledger's count: add it back.
@@ -174,6 +199,7 @@ class Router:
     def _forget(self, rid: str, worker: int, now_s: float) -> None:
         """A request left the ledger without a completion report."""
         self.inflight.remove(rid, worker)
+        self.holds.prefilled(rid, worker)
         self._refresh_kv(worker)
         if self.cost_fit is not None:
             self.cost_fit.forget(rid)
@@ -202,5 +228,6 @@ class Router:
                     self.cost_fit.forget(rid)
                 self.policy.on_expired(rid, worker, now_s)
             self.inflight.forget_worker(worker)
+            self.holds.forget_worker(worker)
             self.tree.apply_cleared(worker)
             self._refresh_kv(worker)

@@ -160,3 +160,62 @@ def test_a_prompt_of_non_token_ids_is_routed_as_uncached():
     assert router.route(bad, 1.0) == 0
     assert policy.views[-1] == [0, 0]
     assert router.ledger.worker_of("b") == 0
+
+
+class HoldingRecorder(Recorder):
+    holds_for_prefix = True
+
+
+def _holding_router(**cfg) -> tuple[Router, Recorder]:
+    from sglang_ext.policies import PolicyConfig
+
+    config = RouterConfig(policy="round_robin", num_workers=2, kv_capacity_tokens=10_000, exact_mirror=True, **cfg)
+    policy = HoldingRecorder(PolicyConfig(2), 1)
+    return Router(config, policy), policy
+
+
+def _family(rid: str, own: int, prefix=tuple(range(1, 301))):
+    req = make_request(prompt_tokens=340, prefix=list(prefix), rid=rid)
+    req.input_ids[300:] = range(40_000 + 40 * own, 40_040 + 40 * own)
+    return req
+
+
+def test_a_follower_waits_for_its_leaders_prefill_then_goes_to_the_same_worker():
+    router, _ = _holding_router()
+    router.route(_family("lead", 0), 0.0)
+    assert not router.last_held
+    router.route(_family("f1", 1), 0.1)
+    router.route(_family("f2", 2), 0.2)
+    assert router.last_held and len(router.holds) == 2
+    assert router.take_released(0.3) == []
+    router.prefill_done("lead", 1.0)
+    assert router.take_released(1.0) == ["f1", "f2"]
+    assert router.ledger.worker_of("f1") == 1 and len(router.holds) == 0
+    # Counted as the worker's queued prefill from the decision on: the prefix once.
+    assert router.ledger.loads[1].queued_prefill_tokens == 2 * 40
+
+
+def test_no_hold_when_the_mirror_already_has_the_prefix_or_for_other_policies():
+    router, _ = _holding_router()
+    prefix = list(range(1, 301))
+    router.tree.apply_stored(1, [p + 5 for p in prefix], None, prefix)
+    router.route(_family("lead", 0), 0.0)
+    router.route(_family("f1", 1), 0.1)
+    assert not router.last_held
+    plain, _ = make_router(exact_mirror=True, choice=1)
+    plain.route(_family("lead", 0), 0.0)
+    plain.route(_family("f1", 1), 0.1)
+    assert not plain.last_held
+
+
+def test_a_hold_ends_when_the_leader_leaves_or_after_max_hold_s():
+    router, _ = _holding_router()
+    router.route(_family("lead", 0), 0.0)
+    router.route(_family("f1", 1), 0.0)
+    router.finished("lead", 1, 0.5)  # finished without a prefill report (a lost one)
+    assert router.take_released(0.5) == ["f1"]
+    other = tuple(range(501, 801))
+    router.route(_family("lead2", 3, other), 1.0)
+    router.route(_family("f2", 4, other), 1.0)
+    assert router.take_released(1.0 + router.holds.max_hold_s - 0.1) == []
+    assert router.take_released(1.0 + router.holds.max_hold_s) == ["f2"] and router.holds.timeouts == 1

@@ -129,6 +129,10 @@ class Policy(ABC):
     name: ClassVar[str]
     # False for content-blind policies: the host may skip the prefix match for them.
     uses_prefix_match: ClassVar[bool] = True
+    # True: the host holds a request whose prefix on its worker is still being prefilled
+    # for another request there, until that prefill is done (`sglang_ext/prefix_hold.py`).
+    # Off for the baselines, which reproduce other systems' behaviour.
+    holds_for_prefix: ClassVar[bool] = False
 
     def __init__(self, config: PolicyConfig):
         self.config = config

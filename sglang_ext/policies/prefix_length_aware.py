@@ -3,9 +3,11 @@
 Rule: send the request to the alive worker with the lowest estimated cost, in microseconds,
 of serving it there, counting both what the request suffers and what it inflicts:
 
-    prefill   = b1 * (queued_prefill[w] + uncached[w])
+    prefill   = b1 * (queued_prefill[w] + uncached[w] * (1 + requests[w]))
                 the request waits for the worker's queued prefill, then its own uncached
-                part (uncached = prompt - tokens already cached on w: prefix reuse);
+                part (uncached = prompt - tokens cached on w, or about to be: prefix
+                reuse); and since SGLang runs a prefill batch before the next decode
+                step, that uncached part stalls every request in flight on w as long;
     decode    = 2 * b2 * min(pending_decode[w], requests[w] * L)
                 for its L decode steps the request shares batches with the worker's
                 in-flight requests, each step slower by b2 per co-runner, and it slows
@@ -22,6 +24,14 @@ co-running request per decode step) come from the host's cost model (`--cost-mod
 `sglang_ext/cost_model.py`; default: the Llama-3.1-8B-on-H100 fit), read at each decision
 so that an online fit takes effect at once. Only their ratio matters for the choice.
 
+Why the stall term: measured on SmolLM2 dp=2 (CPU), a 544-token prefill took about 3.5 s
+and a decode step 0.3 s, so one cache miss cost every co-running request some ten decode
+steps; without the term, a small queue difference sent a request away from the worker
+holding its prefix and the whole worker paid for the miss.
+
+The policy also asks the host to hold a request whose prefix on its worker is still being
+prefilled for another request (`holds_for_prefix`, see `sglang_ext/prefix_hold.py`).
+
 Ties go to the worker with fewer requests, then the lowest index. Cost: O(workers) on top
 of the host's prefix match; no history, no scan of the tree.
 """
@@ -32,6 +42,7 @@ from sglang_ext.policies.base import ClusterView, Policy, PolicyConfig, Request
 
 class PrefixLengthAware(Policy):
     name = "prefix_length_aware"
+    holds_for_prefix = True
 
     def __init__(self, config: PolicyConfig, cost_model: CostModel | None = None):
         super().__init__(config)
@@ -48,7 +59,7 @@ class PrefixLengthAware(Policy):
                 costs.append(float("inf"))
                 continue
             uncached = prompt - view.cached_tokens[w]
-            prefill = b1 * (load.queued_prefill_tokens + uncached)
+            prefill = b1 * (load.queued_prefill_tokens + uncached * (1 + load.requests))
             decode = 2.0 * b2 * min(load.pending_decode_tokens, load.requests * out)
             overflow = load.kv_tokens_committed + uncached + out - load.kv_capacity_tokens
             eviction = b1 * overflow if overflow > 0 else 0.0
