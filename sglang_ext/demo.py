@@ -75,7 +75,10 @@ def run(model: str, policy: str, max_new_tokens: int) -> int:
         return 2
     tokenizer = AutoTokenizer.from_pretrained(path)
     real_model = model == "smollm2"
-    spec = ServerSpec(str(path), dp_size=2, load_balance_method=policy, max_total_tokens=16384)
+    # SmolLM2 ships bf16, which CPUs without bf16 instructions emulate several times
+    # slower than fp32 (see sglang_ext/cpu_host.py).
+    spec = ServerSpec(str(path), dp_size=2, load_balance_method=policy, max_total_tokens=16384,
+                      extra_args=["--dtype", "float32"] if real_model else [])
     print(f"demo: starting SGLang dp=2 on CPU with our controller ({policy}), model {path.name} ...", flush=True)
     started = time.perf_counter()
     rows = []

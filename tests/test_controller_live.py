@@ -62,6 +62,22 @@ def test_shared_prefix_lands_on_one_rank_and_hits_its_cache(server):
     assert all(meta(r)["cached_tokens"] >= 200 for r in replies[1:]), [meta(r)["cached_tokens"] for r in replies]
 
 
+def test_a_burst_of_one_prefix_prefills_it_at_most_once_per_rank(server):
+    """Six requests of a new 600-token prefix at once: SGLang's FCFS batches would
+    prefill it once per request that waits beside the first; the controller holds
+    those until the first one's prefill is done (`prefix_hold.py`)."""
+    rng = random.Random(21)
+    prefix = ids(rng, 600)
+    prompts = [prefix + ids(rng, 10) for _ in range(6)]
+    before = (server.status() or {}).get("prefix_holds", {}).get("held_total", 0)
+    with ThreadPoolExecutor(6) as pool:
+        replies = list(pool.map(lambda p: generate(server.url, input_ids=p, max_new_tokens=4), prompts))
+    misses = [meta(r)["dp_rank"] for r in replies if meta(r)["cached_tokens"] < 600]
+    status = server.wait_status(lambda s: s["in_flight"] == 0, timeout_s=30) or {}
+    held = status.get("prefix_holds", {}).get("held_total", 0) - before
+    assert len(misses) == len(set(misses)), (misses, [meta(r)["cached_tokens"] for r in replies], held)
+
+
 def test_pinned_requests_go_to_their_rank(server):
     rng = random.Random(3)
     for rank in (1, 0, 1):
