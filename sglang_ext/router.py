@@ -113,9 +113,12 @@ class Router:
         ones are cached and locked), whichever is longer. Workers with an unrepaired
         event gap count as holding only their in-flight prompts (their mirror is not
         trusted blindly)."""
+        ids = request.input_ids
+        if not isinstance(ids, (list, tuple)):
+            ids = list(ids)  # SGLang sends array('q'); both trees read a list: convert once
         try:
-            cached = self.tree.match(request.input_ids)
-            inflight = self.inflight.match(request.input_ids)
+            cached = self.tree.match(ids)
+            inflight = self.inflight.match(ids)
         except (OverflowError, TypeError) as exc:
             # Ids outside [0, 2**32) are no tokens of any model: nothing can be cached.
             logger.warning("router: rid=%s: prompt is not token ids (%s); counted as uncached",
