@@ -95,18 +95,22 @@ class PrefixHolds:
     def take_released(self, now_s: float) -> list[str]:
         """Held requests free to go now (their leader was prefilled, or they waited
         `max_hold_s`), in the order they were held or released."""
-        for rid, held in list(self._held.items()):
-            if now_s >= held.deadline_s:
-                del self._held[rid]
-                followers = self._followers.get(held.leader, [])
-                if rid in followers:
-                    followers.remove(rid)
-                self.timeouts += 1
-                self._released.append(rid)
+        # Holds are made in time order with one `max_hold_s`, so `_held` (insertion
+        # ordered) is ordered by deadline: only its expired head is visited.
+        while self._held:
+            rid, held = next(iter(self._held.items()))
+            if now_s < held.deadline_s:
+                break
+            del self._held[rid]
+            followers = self._followers.get(held.leader, [])
+            if rid in followers:
+                followers.remove(rid)
+            self.timeouts += 1
+            self._released.append(rid)
         out, self._released = self._released, []
         return out
 
     def next_deadline_s(self) -> float | None:
         if not self._held:
             return None
-        return min(h.deadline_s for h in self._held.values())
+        return next(iter(self._held.values())).deadline_s

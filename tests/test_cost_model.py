@@ -43,8 +43,6 @@ def test_bad_names_and_files_are_one_line_errors(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(CostModelError, match="cannot read it"):
         load_cost_model(str(bad))
-    for exc in (CostModelError("x"),):
-        assert "\n" not in str(exc)
 
 
 def test_a_file_by_path_keeps_unknown_fields(tmp_path):
