@@ -46,7 +46,7 @@ SITE=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["pur
 rm -rf "$SITE/sgl_kernel" && cp -r scripts/cpu_shim/sgl_kernel "$SITE/sgl_kernel"
 step "our package (editable; builds the C token helpers in place)"
 quiet_pip --no-deps --no-build-isolation -e .
-"$VENV/bin/python" -c "from sglang_ext import token_bytes as t; print('setup: compiled token helpers:', 'yes' if t.COMPILED else 'NO (no C compiler? the pure-Python fallback is 3-5x slower)')"
+"$VENV/bin/python" -c "from sglang_ext.core import token_bytes as t; print('setup: compiled token helpers:', 'yes' if t.COMPILED else 'NO (no C compiler? the pure-Python fallback is 3-5x slower)')"
 step "default models"
 "$VENV/bin/python" -m sglang_ext.models build
 # Fail loudly here rather than in the first test if any import is broken.

@@ -32,9 +32,9 @@ from sglang.srt.managers.io_struct import PickleWrapper, sock_recv, sock_send, w
 from sglang_ext import completions
 from sglang_ext.kv_events import EventFeedConfig, KVEventSubscriber
 from sglang_ext.length_source import PredictedLengths
-from sglang_ext.load_check import reports_from_snapshots
-from sglang_ext.policies import POLICIES, LengthSource, Request
-from sglang_ext.router import Router, RouterConfig
+from sglang_ext.core.load_check import reports_from_snapshots
+from sglang_ext.core.policies import POLICIES, LengthSource, Request
+from sglang_ext.core.router import Router, RouterConfig
 from sglang_ext.settings import (
     CLIENT_MAX_NEW_TOKENS_KEY,
     ENV_COST_MODEL,
@@ -129,16 +129,16 @@ class PrefixAwareController(DataParallelController):
         elif self.lengths is not None and self.lengths.park(req, request, now):
             return  # dispatched by `_release_predicted` once its length is predicted
         else:
-            worker = self.router.route(request, now)
-            cached = self.router.last_cached_tokens
-            if self.router.last_held:
+            decision = self.router.route(request, now)
+            worker, cached = decision.worker, decision.cached_tokens
+            if decision.held:
                 self._held[req.rid] = req  # sent by `_send_released` after its leader's prefill
             else:
                 sock_send(self.workers[worker], req)
         self._count_dispatch(req.rid, worker, cached, now)
 
     def _send_released(self, now: float) -> None:
-        """Send the requests the router no longer holds (see `sglang_ext/prefix_hold.py`)."""
+        """Send the requests the router no longer holds (see `sglang_ext/core/prefix_hold.py`)."""
         for rid in self.router.take_released(now):
             message = self._held.pop(rid, None)
             if message is None:
@@ -147,8 +147,9 @@ class PrefixAwareController(DataParallelController):
             worker = self.router.ledger.worker_of(rid)
             if worker is None or not self.router.ledger.loads[worker].alive:
                 # Its worker went down while it waited: route it afresh.
-                worker = self.router.route(_request_of(message), now)
-                if self.router.last_held:
+                decision = self.router.route(_request_of(message), now)
+                worker = decision.worker
+                if decision.held:
                     self._held[rid] = message
                     continue
             sock_send(self.workers[worker], message)
@@ -157,15 +158,15 @@ class PrefixAwareController(DataParallelController):
         for message, request in self.lengths.collect(now, self.router):
             _rewrap_time_stats(message)
             try:
-                worker = self.router.route(request, now)
-                if self.router.last_held:
+                decision = self.router.route(request, now)
+                if decision.held:
                     self._held[request.rid] = message
                 else:
-                    sock_send(self.workers[worker], message)
+                    sock_send(self.workers[decision.worker], message)
             except Exception as exc:
                 logger.error("controller: could not dispatch rid=%s after prediction: %s", request.rid, exc)
                 continue
-            self._count_dispatch(request.rid, worker, self.router.last_cached_tokens, now)
+            self._count_dispatch(request.rid, decision.worker, decision.cached_tokens, now)
 
     def _count_dispatch(self, rid: str, worker: int, cached: list[int], now: float) -> None:
         self.dispatched_by_worker[worker] += 1
@@ -251,38 +252,18 @@ class PrefixAwareController(DataParallelController):
         return max(0, min(POLL_TIMEOUT_MS, int((deadline - time.monotonic()) * 1000) + 1))
 
     def status_snapshot(self) -> dict:
-        router = self.router
-        tree = router.tree
-        return {
-            "policy": router.config.policy,
-            "length_source": router.config.length_source.value,
-            "mirror": "exact" if router.config.exact_mirror else "approximate",
-            "loads": [dict(
-                requests=ld.requests, queued_requests=ld.queued_requests,
-                queued_prefill_tokens=ld.queued_prefill_tokens,
-                pending_decode_tokens=ld.pending_decode_tokens, kv_tokens_used=ld.kv_tokens_used,
-                kv_capacity_tokens=ld.kv_capacity_tokens, alive=ld.alive,
-            ) for ld in router.ledger.loads],
-            "in_flight": len(router.ledger),
-            "prefix_holds": {"held_now": len(self._held), "held_total": router.holds.holds,
-                             "timeouts": router.holds.timeouts},
-            "expired": router.ledger.expired,
+        snapshot = self.router.snapshot()
+        snapshot["prefix_holds"]["held_now"] = len(self._held)
+        snapshot.update({
             "dispatched_by_worker": self.dispatched_by_worker,
-            "tree": {
-                "pages_indexed": tree.num_pages_indexed(),
-                "tokens_held": [tree.tokens_held(w) for w in range(tree.num_workers)],
-                "uncertain_mask": tree.uncertain_mask, "skipped_pages": tree.skipped_pages,
-            },
             "kv_events": self.kv_subscriber.applier.stats if self.kv_subscriber else None,
             "bad_reports": self.bad_reports,
-            "load_check": router.load_check.status(),
-            "cost_model": (router.cost_fit.status() if router.cost_fit is not None
-                           else {"name": router.cost_model.name}),
             "length_predictions": None if self.lengths is None else {
                 "predicted_in_time": self.lengths.predicted, "fallbacks": self.lengths.fallbacks,
                 "failed": self.lengths.failed,
             },
-        }
+        })
+        return snapshot
 
     def _drain_tokenizer(self) -> None:
         while True:

@@ -22,7 +22,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 from sglang_ext.models import smollm2_path, tiny_path
-from sglang_ext.policies import POLICIES
+from sglang_ext.core.policies import POLICIES
 from sglang_ext.server import ServerSpec, start_server
 
 INSTRUCTION = (

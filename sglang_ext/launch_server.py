@@ -30,7 +30,7 @@ import socket
 import sys
 
 from sglang_ext.settings import ENV_COST_MODEL, ENV_LENGTH_MODEL, ENV_LENGTH_SOURCE, ENV_POLICY, ENV_PREDICT_WAIT_MS
-from sglang_ext.policies import POLICIES, LengthSource
+from sglang_ext.core.policies import POLICIES, LengthSource
 
 SGLANG_ONLY_METHODS = ("auto", "follow_bootstrap_room")
 PLUGIN_NAME = "prefix_length_dp"
@@ -92,8 +92,8 @@ def translate_args(argv: list[str], environ: dict) -> list[str]:
         environ[ENV_PREDICT_WAIT_MS] = wait_ms
     cost_model = _pop_flag(argv, "--cost-model")
     if cost_model is not None:
-        from sglang_ext.cost_model import CostModelError
-        from sglang_ext.router import build_cost_model
+        from sglang_ext.core.cost_model import CostModelError
+        from sglang_ext.core.router import build_cost_model
 
         try:
             build_cost_model(cost_model)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sglang_ext.policies import ClusterView, LengthSource, PolicyConfig, Request, WorkerLoad
+from sglang_ext.core.policies import ClusterView, LengthSource, PolicyConfig, Request, WorkerLoad
 
 
 def make_loads(n: int, capacity: int = 100_000, **per_worker) -> list[WorkerLoad]:

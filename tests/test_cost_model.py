@@ -1,4 +1,4 @@
-"""Cost-model files and the online fit (`sglang_ext.cost_model`)."""
+"""Cost-model files and the online fit (`sglang_ext.core.cost_model`)."""
 
 from __future__ import annotations
 
@@ -7,14 +7,14 @@ import json
 import numpy as np
 import pytest
 
-from sglang_ext.cost_model import (
+from sglang_ext.core.cost_model import (
     CostModel,
     CostModelError,
     OnlineCostFit,
     cost_model_names,
     load_cost_model,
 )
-from sglang_ext.router import Router, RouterConfig, build_cost_model
+from sglang_ext.core.router import Router, RouterConfig, build_cost_model
 from factories import make_request
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from sglang.srt.mem_cache.utils import get_hash_str, hash_str_to_int64
 
-from sglang_ext.global_tree import GlobalTree
+from sglang_ext.core.global_tree import GlobalTree
 
 
 def chain(tokens: list[int], page: int, parent: int | None = None) -> list[int]:

@@ -1,4 +1,4 @@
-"""Property-based tests of the global radix mirror (`sglang_ext.global_tree`).
+"""Property-based tests of the global radix mirror (`sglang_ext.core.global_tree`).
 
 The event streams are realistic: each worker is a small simulated SGLang radix cache
 (`_SimWorker`) that inserts prompts, splits nodes silently, evicts least-recently-used
@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sglang.srt.mem_cache.utils import get_hash_str, hash_str_to_int64
 
-from sglang_ext.global_tree import GlobalTree
+from sglang_ext.core.global_tree import GlobalTree
 
 # Stable in CI: derandomized, no deadline (the 2-core machine is shared), few examples.
 PROPS = settings(max_examples=int(__import__("os").environ.get("GT_EXAMPLES", 60)), derandomize=True, deadline=None,

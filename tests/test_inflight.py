@@ -1,10 +1,10 @@
-"""The union of in-flight prompts per worker (`sglang_ext.inflight`)."""
+"""The union of in-flight prompts per worker (`sglang_ext.core.inflight`)."""
 
 from __future__ import annotations
 
 import random
 
-from sglang_ext.inflight import MIN_STALE_BEFORE_REBUILD, InflightPrefixes
+from sglang_ext.core.inflight import MIN_STALE_BEFORE_REBUILD, InflightPrefixes
 
 
 def _prompt(rng: random.Random, family: int, own: int) -> list[int]:

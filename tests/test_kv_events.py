@@ -23,7 +23,7 @@ from sglang.srt.disaggregation.kv_events import (  # noqa: E402
     ZmqEventPublisher,
 )
 
-from sglang_ext.global_tree import GlobalTree  # noqa: E402
+from sglang_ext.core.global_tree import GlobalTree  # noqa: E402
 from sglang_ext.kv_events import EventFeedConfig, KVEventSubscriber  # noqa: E402
 from sglang_ext.launch_server import loopback_kv_events_config  # noqa: E402
 

@@ -10,7 +10,7 @@ import pytest
 
 from sglang_ext.settings import ENV_LENGTH_SOURCE, ENV_POLICY
 from sglang_ext.launch_server import UsageError, loopback_kv_events_config, translate_args
-from sglang_ext.policies import POLICIES
+from sglang_ext.core.policies import POLICIES
 
 
 def test_our_policy_reaches_the_controller_and_sglang_sees_a_stock_value():

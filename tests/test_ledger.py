@@ -1,4 +1,4 @@
-"""Tests of the per-worker load ledger (`sglang_ext.ledger`)."""
+"""Tests of the per-worker load ledger (`sglang_ext.core.ledger`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import logging
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sglang_ext.ledger import LoadLedger
+from sglang_ext.core.ledger import LoadLedger
 
 PROPS = settings(max_examples=int(__import__("os").environ.get("LEDGER_EXAMPLES", 150)), derandomize=True, deadline=None)
 # The KV figures are the router's (derived from the mirror), not the ledger's: see test_router.py.
@@ -70,7 +70,7 @@ def test_expiry_drops_only_old_entries_and_logs(caplog):
     ledger.on_dispatch("old2", 1, 60, 0, 5, now_s=1.0)
     ledger.on_prefill_done("old2")
     ledger.on_dispatch("new", 0, 70, 0, 5, now_s=8.0)
-    with caplog.at_level(logging.WARNING, logger="sglang_ext.ledger"):
+    with caplog.at_level(logging.WARNING, logger="sglang_ext.core.ledger"):
         assert ledger.expire(now_s=9.0) == []
         assert not caplog.records
         assert ledger.expire(now_s=11.5) == ["old", "old2"]

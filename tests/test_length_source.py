@@ -10,8 +10,8 @@ import zmq
 
 from length_model.config import FINETUNED_ARTIFACT_DIR
 from sglang_ext.length_source import PredictedLengths
-from sglang_ext.policies import LengthSource
-from sglang_ext.router import Router, RouterConfig
+from sglang_ext.core.policies import LengthSource
+from sglang_ext.core.router import Router, RouterConfig
 from factories import make_request
 
 

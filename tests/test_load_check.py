@@ -7,9 +7,9 @@ import time
 import pytest
 from sglang.srt.managers.load_snapshot import LoadSnapshot, ShmLoadSnapshotReader, ShmLoadSnapshotWriter
 
-from sglang_ext.ledger import LoadLedger
-from sglang_ext.load_check import LoadCrossCheck, ReportedLoad, reports_from_snapshots
-from sglang_ext.router import Router, RouterConfig
+from sglang_ext.core.ledger import LoadLedger
+from sglang_ext.core.load_check import LoadCrossCheck, ReportedLoad, reports_from_snapshots
+from sglang_ext.core.router import Router, RouterConfig
 from factories import make_request
 
 

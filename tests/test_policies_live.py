@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from conftest import generate, sglang_server
-from sglang_ext.policies import POLICIES
+from sglang_ext.core.policies import POLICIES
 
 pytestmark = pytest.mark.sglang
 

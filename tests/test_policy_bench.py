@@ -6,7 +6,7 @@ import json
 
 from sglang_ext.bench.__main__ import SUBCOMMANDS, main
 from sglang_ext.bench.policies import BenchConfig, make_stream, run_all
-from sglang_ext.policies import POLICIES
+from sglang_ext.core.policies import POLICIES
 
 TINY = BenchConfig(workers=(2, 4), rates_rps=(64.0,), requests=120, window=50, workloads=3,
                    prefix_tokens=200, inflight=16)

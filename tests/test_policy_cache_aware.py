@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from sglang_ext.policies import make_policy
-from sglang_ext.policies.cache_aware import CacheAware
+from sglang_ext.core.policies import make_policy
+from sglang_ext.core.policies.cache_aware import CacheAware
 from tests.factories import make_config, make_loads, make_request, make_view
 
 PREFIX = list(range(500))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 from collections import Counter
 
-from sglang_ext.policies import make_policy
-from sglang_ext.policies.kv_cost import KvCost
+from sglang_ext.core.policies import make_policy
+from sglang_ext.core.policies.kv_cost import KvCost
 from tests.factories import make_config, make_loads, make_request, make_view
 
 

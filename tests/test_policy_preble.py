@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from sglang_ext.policies import make_policy
-from sglang_ext.policies.preble import Preble
-from sglang_ext.policies.preble_tree import PrebleTree
-from sglang_ext.policies.preble_window import LoadWindow, prefill_time_s
+from sglang_ext.core.policies import make_policy
+from sglang_ext.core.policies.preble import Preble
+from sglang_ext.core.policies.preble_tree import PrebleTree
+from sglang_ext.core.policies.preble_window import LoadWindow, prefill_time_s
 from tests.factories import make_config, make_loads, make_request, make_view
 
 

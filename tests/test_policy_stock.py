@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from sglang_ext.policies import POLICIES, STOCK_METHODS, make_policy
+from sglang_ext.core.policies import POLICIES, STOCK_METHODS, make_policy
 from tests.factories import make_config, make_loads, make_request, make_view
 
 

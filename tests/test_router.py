@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from sglang_ext.policies import LengthSource
-from sglang_ext.policies.base import Policy
-from sglang_ext.router import Router, RouterConfig
+import json
+
+from sglang_ext.core.policies import LengthSource
+from sglang_ext.core.policies.base import Policy
+from sglang_ext.core.router import Router, RouterConfig
 from factories import make_request
 
 
@@ -33,7 +35,7 @@ class Recorder(Policy):
 
 def make_router(choice=0, **cfg) -> tuple[Router, Recorder]:
     config = RouterConfig(policy="round_robin", num_workers=2, kv_capacity_tokens=10_000, **cfg)
-    from sglang_ext.policies import PolicyConfig
+    from sglang_ext.core.policies import PolicyConfig
 
     policy = Recorder(PolicyConfig(2), choice)
     return Router(config, policy), policy
@@ -42,7 +44,7 @@ def make_router(choice=0, **cfg) -> tuple[Router, Recorder]:
 def test_lifecycle_reaches_policy_and_ledger():
     router, policy = make_router(choice=1)
     req = make_request(prompt_tokens=40, max_new_tokens=16, rid="a")
-    assert router.route(req, now_s=0.0) == 1
+    assert router.route(req, now_s=0.0).worker == 1
     load = router.ledger.loads[1]
     assert (load.requests, load.queued_prefill_tokens, load.pending_decode_tokens) == (1, 40, 16)
     router.prefill_done("a", 0.1)
@@ -102,7 +104,7 @@ def test_shared_prefix_is_counted_once_at_capacity():
         for i in range(8):
             req = make_request(prompt_tokens=1050, prefix=prefix, max_new_tokens=16, rid=f"r{i}")
             req.input_ids[1000:] = range(20_000 + 50 * i, 20_050 + 50 * i)
-            placed.append(router.route(req, 1.0 + i))
+            placed.append(router.route(req, 1.0 + i).worker)
             router.prefill_done(f"r{i}", 1.0 + i)
         assert placed == [0] * 8, (exact, placed)
         load = router.ledger.loads[0]
@@ -157,7 +159,7 @@ def test_a_prompt_of_non_token_ids_is_routed_as_uncached():
     router, policy = make_router()
     router.route(make_request(rid="a", prefix=[1, 2, 3]), 0.0)
     bad = make_request(rid="b", prefix=[1, 2, -3])
-    assert router.route(bad, 1.0) == 0
+    assert router.route(bad, 1.0).worker == 0
     assert policy.views[-1] == [0, 0]
     assert router.ledger.worker_of("b") == 0
 
@@ -167,7 +169,7 @@ class HoldingRecorder(Recorder):
 
 
 def _holding_router(**cfg) -> tuple[Router, Recorder]:
-    from sglang_ext.policies import PolicyConfig
+    from sglang_ext.core.policies import PolicyConfig
 
     config = RouterConfig(policy="round_robin", num_workers=2, kv_capacity_tokens=10_000, exact_mirror=True, **cfg)
     policy = HoldingRecorder(PolicyConfig(2), 1)
@@ -182,11 +184,9 @@ def _family(rid: str, own: int, prefix=tuple(range(1, 301))):
 
 def test_a_follower_waits_for_its_leaders_prefill_then_goes_to_the_same_worker():
     router, _ = _holding_router()
-    router.route(_family("lead", 0), 0.0)
-    assert not router.last_held
+    assert not router.route(_family("lead", 0), 0.0).held
     router.route(_family("f1", 1), 0.1)
-    router.route(_family("f2", 2), 0.2)
-    assert router.last_held and len(router.holds) == 2
+    assert router.route(_family("f2", 2), 0.2).held and len(router.holds) == 2
     assert router.take_released(0.3) == []
     router.prefill_done("lead", 1.0)
     assert router.take_released(1.0) == ["f1", "f2"]
@@ -200,12 +200,10 @@ def test_no_hold_when_the_mirror_already_has_the_prefix_or_for_other_policies():
     prefix = list(range(1, 301))
     router.tree.apply_stored(1, [p + 5 for p in prefix], None, prefix)
     router.route(_family("lead", 0), 0.0)
-    router.route(_family("f1", 1), 0.1)
-    assert not router.last_held
+    assert not router.route(_family("f1", 1), 0.1).held
     plain, _ = make_router(exact_mirror=True, choice=1)
     plain.route(_family("lead", 0), 0.0)
-    plain.route(_family("f1", 1), 0.1)
-    assert not plain.last_held
+    assert not plain.route(_family("f1", 1), 0.1).held
 
 
 def test_a_hold_ends_when_the_leader_leaves_or_after_max_hold_s():
@@ -219,3 +217,15 @@ def test_a_hold_ends_when_the_leader_leaves_or_after_max_hold_s():
     router.route(_family("f2", 4, other), 1.0)
     assert router.take_released(1.0 + router.holds.max_hold_s - 0.1) == []
     assert router.take_released(1.0 + router.holds.max_hold_s) == ["f2"] and router.holds.timeouts == 1
+
+
+def test_decision_and_snapshot_show_what_the_router_saw_and_holds():
+    router, _ = make_router(choice=1, exact_mirror=True)
+    prefix = list(range(1, 101))
+    router.tree.apply_stored(1, [p + 7 for p in prefix], None, prefix)
+    decision = router.route(make_request(prompt_tokens=130, prefix=prefix, rid="a"), 0.0)
+    assert (decision.worker, decision.cached_tokens, decision.held) == (1, [0, 100], False)
+    snap = router.snapshot()
+    assert snap["in_flight"] == 1 and snap["tree"]["tokens_held"] == [0, 100]
+    assert [ld["queued_prefill_tokens"] for ld in snap["loads"]] == [0, 30]
+    json.dumps(snap)  # plain data: the status file writes it as is

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sglang_ext import global_tree, token_bytes
-from sglang_ext.global_tree import GlobalTree
-from sglang_ext.token_bytes import (_common_prefix_array, _pack_array, _spread_python, common_prefix,
+from sglang_ext.core import global_tree, token_bytes
+from sglang_ext.core.global_tree import GlobalTree
+from sglang_ext.core.token_bytes import (_common_prefix_array, _pack_array, _spread_python, common_prefix,
                                     pack, spread, unpack)
 
 ids_lists = st.lists(st.integers(0, 2**32 - 1), max_size=40)

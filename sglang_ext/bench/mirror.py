@@ -50,9 +50,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from sglang_ext.global_tree import GlobalTree
-from sglang_ext.ledger import LoadLedger
-from sglang_ext.policies.base import ClusterView
+from sglang_ext.core.global_tree import GlobalTree
+from sglang_ext.core.ledger import LoadLedger
+from sglang_ext.core.policies.base import ClusterView
 
 VOCAB = 32_000
 TARGET_P99_US = 100.0
@@ -230,7 +230,7 @@ def feed_payloads(events: list[tuple], workers: int, page: int, per_batch: int =
 
 def apply_feed(tree: GlobalTree, payloads: list[tuple]) -> tuple[int, float, float]:
     """Decode and apply payloads as the live subscriber does (`EventApplier.on_live`)."""
-    from sglang_ext.kv_events import EventApplier
+    from sglang_ext.core.events import EventApplier
 
     applier = EventApplier(tree, replay_available=False)
     on_live = applier.on_live

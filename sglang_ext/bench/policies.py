@@ -39,8 +39,8 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 
-from sglang_ext.policies import POLICIES, Request
-from sglang_ext.router import Router, RouterConfig
+from sglang_ext.core.policies import POLICIES, Request
+from sglang_ext.core.router import Router, RouterConfig
 
 VOCAB = 32_000
 OUTPUT_CHOICES = (1, 16, 64, 128, 300)

@@ -87,7 +87,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def resolve(args: argparse.Namespace) -> dict:
     """The config every run follows, checked before any server starts (ValueError)."""
-    from sglang_ext.policies import policy_names
+    from sglang_ext.core.policies import policy_names
 
     unknown = [p for p in args.policies if p not in policy_names()]
     if unknown:

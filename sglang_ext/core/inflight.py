@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sglang_ext.global_tree import GlobalTree
+from sglang_ext.core.global_tree import GlobalTree
 
 MIN_STALE_BEFORE_REBUILD = 8
 _NO_LIMIT = 1 << 62  # the union is bounded by what is in flight, not by a capacity

@@ -21,7 +21,7 @@ of serving it there, counting both what the request suffers and what it inflicts
 L is the request's expected decode length from the selected length source
 (`max_new_tokens`, `predicted`, or `oracle`). b1 (us per prefill token) and b2 (us per
 co-running request per decode step) come from the host's cost model (`--cost-model`, see
-`sglang_ext/cost_model.py`; default: the Llama-3.1-8B-on-H100 fit), read at each decision
+`sglang_ext/core/cost_model.py`; default: the Llama-3.1-8B-on-H100 fit), read at each decision
 so that an online fit takes effect at once. Only their ratio matters for the choice.
 
 Why the stall term: measured on SmolLM2 dp=2 (CPU), a 544-token prefill took about 3.5 s
@@ -30,14 +30,14 @@ steps; without the term, a small queue difference sent a request away from the w
 holding its prefix and the whole worker paid for the miss.
 
 The policy also asks the host to hold a request whose prefix on its worker is still being
-prefilled for another request (`holds_for_prefix`, see `sglang_ext/prefix_hold.py`).
+prefilled for another request (`holds_for_prefix`, see `sglang_ext/core/prefix_hold.py`).
 
 Ties go to the worker with fewer requests, then the lowest index. Cost: O(workers) on top
 of the host's prefix match; no history, no scan of the tree.
 """
 
-from sglang_ext.cost_model import DEFAULT_COST_MODEL, CostModel, load_cost_model
-from sglang_ext.policies.base import ClusterView, Policy, PolicyConfig, Request
+from sglang_ext.core.cost_model import DEFAULT_COST_MODEL, CostModel, load_cost_model
+from sglang_ext.core.policies.base import ClusterView, Policy, PolicyConfig, Request
 
 
 class PrefixLengthAware(Policy):

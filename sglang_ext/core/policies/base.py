@@ -112,7 +112,7 @@ class ClusterView:
 class PolicyConfig:
     """Options shared by all policies; each policy reads the ones it needs.
 
-    `cost_model` (a `sglang_ext.cost_model.CostModel`, None: the default file) is the
+    `cost_model` (a `sglang_ext.core.cost_model.CostModel`, None: the default file) is the
     instance the host keeps current: with `--cost-model online` the router re-fits it in
     place, so a policy reads its coefficients at each decision rather than copying them.
     """
@@ -124,13 +124,13 @@ class PolicyConfig:
 
 
 class Policy(ABC):
-    """Base class: one subclass per module in `sglang_ext/policies/`, named as on the CLI."""
+    """Base class: one subclass per module in `sglang_ext/core/policies/`, named as on the CLI."""
 
     name: ClassVar[str]
     # False for content-blind policies: the host may skip the prefix match for them.
     uses_prefix_match: ClassVar[bool] = True
     # True: the host holds a request whose prefix on its worker is still being prefilled
-    # for another request there, until that prefill is done (`sglang_ext/prefix_hold.py`).
+    # for another request there, until that prefill is done (`sglang_ext/core/prefix_hold.py`).
     # Off for the baselines, which reproduce other systems' behaviour.
     holds_for_prefix: ClassVar[bool] = False
 

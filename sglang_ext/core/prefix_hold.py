@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sglang_ext.token_bytes import common_prefix, pack
+from sglang_ext.core.token_bytes import common_prefix, pack
 
 DEFAULT_MIN_SHARED_TOKENS = 64
 DEFAULT_MAX_HOLD_S = 30.0

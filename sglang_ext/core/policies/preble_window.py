@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import deque
 from functools import lru_cache
 
-from sglang_ext.policies.preble_tree import PrebleNode
+from sglang_ext.core.policies.preble_tree import PrebleNode
 
 
 @lru_cache(maxsize=65536)

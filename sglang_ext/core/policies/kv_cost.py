@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import math
 
-from sglang_ext.policies.base import ClusterView, Policy, PolicyConfig, Request
+from sglang_ext.core.policies.base import ClusterView, Policy, PolicyConfig, Request
 
 DEFAULT_OVERLAP_WEIGHT = 1.0
 DEFAULT_TEMPERATURE = 0.0

@@ -6,7 +6,7 @@ refresh. Our ledger's `requests` is that count kept exactly (dispatch +1, comple
 so the rule is the same without the 20 ms staleness. Ties: lowest index, as `list.index(min)`.
 """
 
-from sglang_ext.policies.base import ClusterView, Policy, Request, least_loaded
+from sglang_ext.core.policies.base import ClusterView, Policy, Request, least_loaded
 
 
 class TotalRequests(Policy):

@@ -6,7 +6,7 @@ One linear form, shared by the policies and the cluster simulator:
                      + decode_us_per_request x decode requests in the batch
 
 Coefficients live in JSON files that name their source, model, hardware and engine
-(`sglang_ext/cost_models/*.json`; `load_cost_model` takes a file's name without `.json`
+(`sglang_ext/core/cost_models/*.json`; `load_cost_model` takes a file's name without `.json`
 or a path). `OnlineCostFit` re-estimates them from what the workers report, for hardware
 nobody calibrated, starting from (and bounded around) a file's values.
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass
 
-from sglang_ext.ledger import LoadLedger
+from sglang_ext.core.ledger import LoadLedger
 
 logger = logging.getLogger(__name__)
 

@@ -73,9 +73,9 @@ from collections import deque
 from dataclasses import dataclass
 from statistics import median
 
-from sglang_ext.policies.base import ClusterView, Policy, PolicyConfig, Request
-from sglang_ext.policies.preble_tree import PrebleNode, PrebleTree
-from sglang_ext.policies.preble_window import LoadWindow, TtftDetector, prefill_time_s
+from sglang_ext.core.policies.base import ClusterView, Policy, PolicyConfig, Request
+from sglang_ext.core.policies.preble_tree import PrebleNode, PrebleTree
+from sglang_ext.core.policies.preble_window import LoadWindow, TtftDetector, prefill_time_s
 
 WINDOW_S = 180.0
 TPOT_INIT_S = 0.15

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 TOKEN_BYTES = 4
 if array("I").itemsize != TOKEN_BYTES:  # pragma: no cover - every platform we target
-    raise ImportError("sglang_ext.token_bytes needs a 4-byte C unsigned int")
+    raise ImportError("sglang_ext.core.token_bytes needs a 4-byte C unsigned int")
 
 
 def _pack_array(ids: Sequence[int], start: int = 0, stop: int | None = None) -> bytes:

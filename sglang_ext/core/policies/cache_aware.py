@@ -44,8 +44,8 @@ Cost: one tree match, O(prompt + workers), plus an insert; no history scan.
 
 from __future__ import annotations
 
-from sglang_ext.global_tree import GlobalTree
-from sglang_ext.policies.base import ClusterView, Policy, PolicyConfig, Request
+from sglang_ext.core.global_tree import GlobalTree
+from sglang_ext.core.policies.base import ClusterView, Policy, PolicyConfig, Request
 
 DEFAULT_CACHE_THRESHOLD = 0.3
 DEFAULT_BALANCE_ABS_THRESHOLD = 64

@@ -23,7 +23,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sglang_ext.policies.base import WorkerLoad
+from sglang_ext.core.policies.base import WorkerLoad
 
 logger = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ the prompt tokens still queued for prefill, both from the exact ledger. Like the
 rule it ignores the prefix cache.
 """
 
-from sglang_ext.policies.base import ClusterView, Policy, Request, least_loaded
+from sglang_ext.core.policies.base import ClusterView, Policy, Request, least_loaded
 
 
 class TotalTokens(Policy):

@@ -3,7 +3,7 @@
 Source: `DataParallelController.round_robin_scheduler` in SGLang 0.5.23.
 """
 
-from sglang_ext.policies.base import ClusterView, Policy, Request
+from sglang_ext.core.policies.base import ClusterView, Policy, Request
 
 
 class RoundRobin(Policy):

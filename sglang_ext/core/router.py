@@ -11,14 +11,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from sglang_ext.cost_model import DEFAULT_COST_MODEL, ONLINE, CostModel, OnlineCostFit, load_cost_model
-from sglang_ext.global_tree import GlobalTree
-from sglang_ext.inflight import InflightPrefixes
-from sglang_ext.ledger import FinishedRequest, LoadLedger
-from sglang_ext.load_check import LoadCrossCheck, ReportedLoad
-from sglang_ext.prefix_hold import PrefixHolds
-from sglang_ext.policies import LengthSource, Policy, PolicyConfig, Request, make_policy
-from sglang_ext.policies.base import ClusterView
+from sglang_ext.core.cost_model import DEFAULT_COST_MODEL, ONLINE, CostModel, OnlineCostFit, load_cost_model
+from sglang_ext.core.global_tree import GlobalTree
+from sglang_ext.core.inflight import InflightPrefixes
+from sglang_ext.core.ledger import FinishedRequest, LoadLedger
+from sglang_ext.core.load_check import LoadCrossCheck, ReportedLoad
+from sglang_ext.core.prefix_hold import PrefixHolds
+from sglang_ext.core.policies import LengthSource, Policy, PolicyConfig, Request, make_policy
+from sglang_ext.core.policies.base import ClusterView
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +30,8 @@ class RouterConfig:
     policy: str = "prefix_length_aware"
     num_workers: int = 2
     page_size: int = 1
-    kv_capacity_tokens: int = 65536
+    # One figure for every worker, or one per worker (heterogeneous workers).
+    kv_capacity_tokens: int | tuple[int, ...] = 65536
     length_source: LengthSource = LengthSource.MAX_NEW_TOKENS
     # True: the mirror is fed by SGLang's KV events. False: approximate mode, the
     # router inserts each routed prompt itself and evicts by LRU within capacity.
@@ -40,10 +41,21 @@ class RouterConfig:
     # (see `load_check.py`).
     load_check_grace_s: float = 2.0
     seed: int = 0
-    # A cost-model file name or path (`sglang_ext/cost_models/`), or `online` /
+    # A cost-model file name or path (`sglang_ext/core/cost_models/`), or `online` /
     # `online:NAME`: fitted from the workers' reports, starting from and bounded around
     # NAME (default file if omitted).
     cost_model: str = DEFAULT_COST_MODEL
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What `Router.route` decided: the worker, the per-worker cached tokens the decision
+    saw (mirror or in-flight prompts, see `Router.cached_tokens`), and whether the host
+    must hold the request until `Router.take_released` names it."""
+
+    worker: int
+    cached_tokens: list[int]
+    held: bool = False
 
 
 def build_cost_model(spec: str) -> tuple[CostModel, OnlineCostFit | None]:
@@ -70,8 +82,6 @@ class Router:
         self.load_check = LoadCrossCheck(config.num_workers, config.load_check_grace_s)
         self.holds = PrefixHolds(config.num_workers)
         self._zeros = [0] * config.num_workers
-        self.last_cached_tokens: list[int] = self._zeros  # the view of the latest decision
-        self.last_held = False  # whether the latest routed request is held (see `prefix_hold.py`)
         self._last_mirror_tokens: list[int] = self._zeros
         logger.info(
             "router: policy=%s workers=%d mirror=%s length_source=%s cost_model=%s",
@@ -80,27 +90,54 @@ class Router:
             config.length_source.value, config.cost_model,
         )
 
-    def route(self, request: Request, now_s: float) -> int:
+    def route(self, request: Request, now_s: float) -> Decision:
         """Pick a worker for `request` and record the placement in ledger and mirror.
 
         If the policy holds requests for their prefix (`Policy.holds_for_prefix`) and the
         request's prefix on that worker is only the prompt of a request still waiting for
-        its prefill there, `last_held` is set: the host keeps the request until
+        its prefill there, the decision is `held`: the host keeps the request until
         `take_released` names it, then sends it to `ledger.worker_of(rid)`.
         """
-        cached = self.cached_tokens(request) if self.policy.uses_prefix_match else self._zeros
+        cached = self.cached_tokens(request) if self.policy.uses_prefix_match else list(self._zeros)
         self.refresh_kv_figures()
         view = ClusterView(now_s, cached, self.ledger.loads, self.config.page_size)
         worker = self.policy.choose(request, view)
-        self.last_cached_tokens = cached
         leader = None
         if self.policy.holds_for_prefix and self.config.exact_mirror and cached[worker]:
             leader = self.holds.leader_for(request.input_ids, worker, self._last_mirror_tokens[worker])
         self.record_dispatch(request, worker, cached[worker], now_s)
         if leader is not None:
             self.holds.hold(request.rid, leader, now_s)
-        self.last_held = leader is not None
-        return worker
+        return Decision(worker, cached, leader is not None)
+
+    def snapshot(self) -> dict:
+        """The router's state as plain data (JSON-ready, msgspec structs aside): the
+        controller's status file and the simulator's traces both show it."""
+        tree = self.tree
+        return {
+            "policy": self.config.policy,
+            "length_source": self.config.length_source.value,
+            "mirror": "exact" if self.config.exact_mirror else "approximate",
+            "loads": [dict(
+                requests=ld.requests, queued_requests=ld.queued_requests,
+                queued_prefill_tokens=ld.queued_prefill_tokens,
+                pending_decode_tokens=ld.pending_decode_tokens, kv_tokens_used=ld.kv_tokens_used,
+                kv_tokens_committed=ld.kv_tokens_committed,
+                kv_capacity_tokens=ld.kv_capacity_tokens, alive=ld.alive,
+            ) for ld in self.ledger.loads],
+            "in_flight": len(self.ledger),
+            "expired": self.ledger.expired,
+            "prefix_holds": {"held_now": len(self.holds), "held_total": self.holds.holds,
+                             "timeouts": self.holds.timeouts},
+            "tree": {
+                "pages_indexed": tree.num_pages_indexed(),
+                "tokens_held": [tree.tokens_held(w) for w in range(tree.num_workers)],
+                "uncertain_mask": tree.uncertain_mask, "skipped_pages": tree.skipped_pages,
+            },
+            "load_check": self.load_check.status(),
+            "cost_model": (self.cost_fit.status() if self.cost_fit is not None
+                           else {"name": self.cost_model.name}),
+        }
 
     def take_released(self, now_s: float) -> list[str]:
         """Held requests that may be sent now (see `route`)."""

@@ -1,13 +1,13 @@
 """Scheduling policies, one module each, registered by their command-line name.
 
 `make_policy(name, config)` builds one; `POLICY_NAMES` lists the valid names (stock
-SGLang methods first). Hosts: `sglang_ext.router.Router` (live controller) and the
+SGLang methods first). Hosts: `sglang_ext.core.router.Router` (live controller) and the
 cluster simulator.
 """
 
 from __future__ import annotations
 
-from sglang_ext.policies.base import (
+from sglang_ext.core.policies.base import (
     ClusterView,
     LengthSource,
     Policy,
@@ -15,13 +15,13 @@ from sglang_ext.policies.base import (
     Request,
     WorkerLoad,
 )
-from sglang_ext.policies.cache_aware import CacheAware
-from sglang_ext.policies.kv_cost import KvCost
-from sglang_ext.policies.preble import Preble
-from sglang_ext.policies.prefix_length_aware import PrefixLengthAware
-from sglang_ext.policies.round_robin import RoundRobin
-from sglang_ext.policies.total_requests import TotalRequests
-from sglang_ext.policies.total_tokens import TotalTokens
+from sglang_ext.core.policies.cache_aware import CacheAware
+from sglang_ext.core.policies.kv_cost import KvCost
+from sglang_ext.core.policies.preble import Preble
+from sglang_ext.core.policies.prefix_length_aware import PrefixLengthAware
+from sglang_ext.core.policies.round_robin import RoundRobin
+from sglang_ext.core.policies.total_requests import TotalRequests
+from sglang_ext.core.policies.total_tokens import TotalTokens
 
 # SGLang's own --load-balance-method values that our controller implements itself.
 STOCK_METHODS = ("round_robin", "total_requests", "total_tokens")
