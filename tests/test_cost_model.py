@@ -107,3 +107,57 @@ def test_build_cost_model_names():
     assert fit is not None and model.name == "a100-llama3.1-8b"
     with pytest.raises(CostModelError):
         build_cost_model("online:nope")
+
+
+# ---- the preble-a6000 form (figures checked by hand from DESIGN section 4's fit)
+
+def test_preble_file_names_its_form_capacity_and_derived_linear_coefficients():
+    model = load_cost_model("preble-a6000-mistral-7b")
+    assert model.form == "preble-a6000" and model.kv_capacity_tokens == 198516
+    assert "PREBLE" in model.source and model.hardware and model.model == "Mistral-7B"
+    # The policies' linear view: slope of a big prefill, the decode floor, attention per request.
+    assert model.prefill_us_per_token == pytest.approx(108.4 / 0.9, rel=1e-4)
+    assert model.step_base_us == pytest.approx(22159 / 0.9, rel=1e-4)
+    assert model.decode_us_per_request == pytest.approx(0.186 * 2048 / 0.9, rel=1e-4)
+
+
+@pytest.mark.parametrize("prefill, decode, context, expected_ms", [
+    (100, 0, 500, (22 + 0.32) / 0.9),                                # below 192: the floor, small attention
+    (1000, 0, 1000, (0.1084 * 1000 + 4.21 + 0.32) / 0.9),            # the line, small attention
+    (1000, 0, 5000, (0.1084 * 1000 + 4.21 + 0.186 * 5 + 0.159) / 0.9),
+    (288, 0, 288, ((22 + (0.1084 * 384 + 4.21)) / 2 + 0.32) / 0.9),  # halfway between 192 and 384
+    (0, 50, 100_000, (22 + 18.6 + 0.159) / 0.9),                     # a decode step: same base
+    (0, 400, 1024, (0.1084 * 400 + 4.21 + 0.32) / 0.9),              # 400 decode tokens: on the line
+    (0, 1, 1025, (22 + 1.86e-4 * 1025 + 0.159) / 0.9),               # just past the small-context case
+])
+def test_preble_step_times_by_hand(prefill, decode, context, expected_ms):
+    model = load_cost_model("preble-a6000-mistral-7b")
+    assert model.step_time_s(prefill, decode, context) * 1e3 == pytest.approx(expected_ms, rel=1e-9)
+
+
+def test_linear_form_step_time_ignores_context_and_matches_step_us():
+    model = load_cost_model("h100-llama3.1-8b")
+    assert model.form == "linear"
+    assert model.step_time_s(1000, 10, 10**6) == pytest.approx((5750 + 17300 + 60) / 1e6)
+
+
+def test_preble_form_survives_the_online_fit_copy_and_to_dict():
+    model = load_cost_model("preble-a6000-mistral-7b")
+    fit = OnlineCostFit(model)
+    assert fit.prior.form == "preble-a6000" and fit.prior.preble == model.preble
+    assert fit.prior.step_time_s(0, 1, 10) == model.step_time_s(0, 1, 10)
+    assert model.to_dict()["preble"]["floor_ms"] == 22.0
+
+
+def test_bad_form_files_are_one_line_errors(tmp_path):
+    base = {"step_base_us": 1, "prefill_us_per_token": 2, "decode_us_per_request": 3}
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps({**base, "form": "cubic"}))
+    with pytest.raises(CostModelError, match="unknown form 'cubic'"):
+        load_cost_model(str(path))
+    path.write_text(json.dumps({**base, "form": "preble-a6000", "preble": {"floor_ms": -1}}))
+    with pytest.raises(CostModelError, match="floor_ms must be a number >= 0"):
+        load_cost_model(str(path))
+    path.write_text(json.dumps({**base, "form": "preble-a6000", "preble": {"flor_ms": 1}}))
+    with pytest.raises(CostModelError, match="unknown preble field"):
+        load_cost_model(str(path))

@@ -1,9 +1,15 @@
 """Engine step-time models: what a prefill token and a co-running decode request cost.
 
-One linear form, shared by the policies and the cluster simulator:
+The linear form, read by the policies (and the simulator's default):
 
     step time (us) = step_base_us + prefill_us_per_token x uncached prefill tokens
                      + decode_us_per_request x decode requests in the batch
+
+A file may name another `form` for the simulator's step times, from the batch's shape
+(uncached prefill tokens, decode requests, total context tokens): `step_time_s`.
+Every file still carries the three linear coefficients, which the policies read;
+`preble-a6000` (PREBLE's published simulator fit, see `PrebleForm`) is the one other
+form today.
 
 Coefficients live in JSON files that name their source, model, hardware and engine
 (`sglang_ext/core/cost_models/*.json`; `load_cost_model` takes a file's name without `.json`
@@ -18,7 +24,7 @@ from __future__ import annotations
 import json
 import math
 import pathlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 COST_MODEL_DIR = pathlib.Path(__file__).resolve().parent / "cost_models"
 DEFAULT_COST_MODEL = "h100-llama3.1-8b"
@@ -27,6 +33,66 @@ ONLINE = "online"
 
 class CostModelError(ValueError):
     """A cost model that cannot be loaded; the message is one line."""
+
+
+@dataclass(frozen=True, slots=True)
+class PrebleForm:
+    """PREBLE's fitted step time for Mistral-7B on an A6000 (the `preble-a6000` form).
+
+    Figures as recorded in the project's design brief (section 4, "PREBLE's fitted
+    Mistral-7B on A6000"), from PREBLE's published simulator: a batch of n tokens
+    (uncached prefill tokens plus one per decode request) has a base of
+    `per_token_ms` x n + `intercept_ms` when n >= `linear_from_tokens`, and `floor_ms`
+    below `floor_below_tokens`; the brief gives nothing between the two, so we
+    interpolate linearly from (`floor_below_tokens`, `floor_ms`) to the line's value at
+    `linear_from_tokens`. Attention adds `attention_small_ms` when the batch's total
+    context is at most `attention_small_max_context_tokens`, else
+    `attention_ms_per_context_token` x context + `attention_intercept_ms`. Decode steps
+    use the same base. The sum is divided by `efficiency` (0.9).
+    """
+
+    per_token_ms: float = 0.1084
+    intercept_ms: float = 4.21
+    linear_from_tokens: int = 384
+    floor_ms: float = 22.0
+    floor_below_tokens: int = 192
+    attention_small_ms: float = 0.32
+    attention_small_max_context_tokens: int = 1024
+    attention_ms_per_context_token: float = 1.86e-4
+    attention_intercept_ms: float = 0.159
+    efficiency: float = 0.9
+
+    def __post_init__(self):
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or value < 0:
+                raise CostModelError(f"preble form: {f.name} must be a number >= 0, got {value!r}")
+        if not self.floor_below_tokens <= self.linear_from_tokens:
+            raise CostModelError("preble form: floor_below_tokens must be <= linear_from_tokens")
+        if self.efficiency <= 0:
+            raise CostModelError("preble form: efficiency must be > 0")
+
+    def base_ms(self, tokens: int) -> float:
+        if tokens >= self.linear_from_tokens:
+            return self.per_token_ms * tokens + self.intercept_ms
+        if tokens < self.floor_below_tokens:
+            return self.floor_ms
+        lo, hi = self.floor_below_tokens, self.linear_from_tokens
+        at_hi = self.per_token_ms * hi + self.intercept_ms
+        return self.floor_ms + (at_hi - self.floor_ms) * (tokens - lo) / (hi - lo)
+
+    def attention_ms(self, context_tokens: int) -> float:
+        if context_tokens <= self.attention_small_max_context_tokens:
+            return self.attention_small_ms
+        return self.attention_ms_per_context_token * context_tokens + self.attention_intercept_ms
+
+    def step_s(self, prefill_tokens: int, decode_requests: int, context_tokens: int) -> float:
+        ms = self.base_ms(prefill_tokens + decode_requests) + self.attention_ms(context_tokens)
+        return ms / self.efficiency / 1e3
+
+
+FORMS = ("linear", "preble-a6000")
 
 
 @dataclass
@@ -43,14 +109,41 @@ class CostModel:
     engine: str = ""
     source: str = ""
     extra: dict = field(default_factory=dict)  # fields this form does not use, kept as read
+    form: str = "linear"  # how `step_time_s` computes a step: one of FORMS
+    preble: PrebleForm | None = None  # the `preble-a6000` form's figures
+
+    def __post_init__(self):
+        if isinstance(self.preble, dict):  # a copy made through asdict()
+            self.preble = PrebleForm(**self.preble)
+        if self.form not in FORMS:
+            raise CostModelError(f"cost model {self.name}: unknown form {self.form!r}; known: {', '.join(FORMS)}")
+        if self.form == "preble-a6000" and self.preble is None:
+            self.preble = PrebleForm()
+
+    @property
+    def kv_capacity_tokens(self) -> int | None:
+        """KV tokens per GPU the file names for its hardware and model (None: not named)."""
+        value = self.extra.get("kv_capacity_tokens")
+        return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
     def step_us(self, prefill_tokens: int, decode_requests: int) -> float:
+        """The linear estimate, whatever the form: what the policies reason with."""
         return (self.step_base_us + self.prefill_us_per_token * prefill_tokens
                 + self.decode_us_per_request * decode_requests)
+
+    def step_time_s(self, prefill_tokens: int, decode_requests: int, context_tokens: int) -> float:
+        """Seconds one engine step takes, from the batch's shape: uncached prefill tokens
+        computed, decode requests stepped, and the total context (cached + computed
+        tokens) the batch's attention reads. The simulator's clock advances by this."""
+        if self.preble is not None and self.form == "preble-a6000":
+            return self.preble.step_s(prefill_tokens, decode_requests, context_tokens)
+        return self.step_us(prefill_tokens, decode_requests) / 1e6
 
     def to_dict(self) -> dict:
         out = asdict(self)
         out.update(out.pop("extra"))
+        if out["preble"] is None:
+            del out["preble"]
         return out
 
 
@@ -87,7 +180,23 @@ def load_cost_model(name_or_path: str) -> CostModel:
         values[key] = float(value)
     text = {k: str(data.pop(k, "")) for k in _TEXT}
     name = str(data.pop("name", path.stem))
-    return CostModel(name=name, **values, **text, extra=data)
+    form = data.pop("form", "linear")
+    preble = data.pop("preble", None)
+    if preble is not None:
+        if not isinstance(preble, dict):
+            raise CostModelError(f"cost model {path}: preble must be an object")
+        known = {f.name for f in fields(PrebleForm)}
+        unknown = sorted(set(preble) - known)
+        if unknown:
+            raise CostModelError(f"cost model {path}: unknown preble field(s) {', '.join(unknown)}")
+        try:
+            preble = PrebleForm(**preble)
+        except CostModelError as exc:
+            raise CostModelError(f"cost model {path}: {exc}") from None
+    try:
+        return CostModel(name=name, **values, **text, extra=data, form=form, preble=preble)
+    except CostModelError as exc:
+        raise CostModelError(f"cost model {path}: {exc}") from None
 
 
 class _RidgeFit:
