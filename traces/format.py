@@ -53,6 +53,9 @@ class TraceRequest(msgspec.Struct, tag="request", tag_field="kind", omit_default
     session: str | None = None        # conversation / agent episode the request belongs to
     episode: int | None = None
     turn: int | None = None
+    # A length predictor's estimate of `output_tokens`, written by whoever ran one over the
+    # trace (the simulator's `--length-source predicted` reads it).
+    predicted_output_tokens: int | None = None
 
 
 _ENCODER = msgspec.json.Encoder()
