@@ -24,10 +24,12 @@ import os
 import tempfile
 import time
 import uuid
+from http import HTTPStatus
 
 import zmq
 from sglang.srt.managers.data_parallel_controller import DataParallelController
-from sglang.srt.managers.io_struct import PickleWrapper, sock_recv, sock_send, wrap_as_pickle
+from sglang.srt.managers.io_struct import AbortReq, PickleWrapper, sock_recv, sock_send, wrap_as_pickle
+from sglang.srt.utils.network import get_zmq_socket
 
 from sglang_ext import completions
 from sglang_ext.kv_events import EventFeedConfig, KVEventSubscriber
@@ -51,6 +53,48 @@ logger = logging.getLogger(__name__)
 DEFAULT_MAX_NEW_TOKENS = 128  # SGLang's default when a request sets none
 POLL_TIMEOUT_MS = 1000  # housekeeping (ledger expiry) runs at least this often
 LOAD_CHECK_INTERVAL_S = 1.0  # how often the ledger is cross-checked with the workers' loads
+# Messages taken from one socket per poll round: a flood on one (a burst of requests, a
+# storm of KV events) then cannot starve the others. ZMQ's poll is level-triggered, so
+# what is left is reported ready again at once.
+MAX_DRAIN_PER_ROUND = 256
+
+
+class Unroutable(Exception):
+    """A request no worker can take (none alive, or the client pinned a dead rank)."""
+
+
+class ErrorReplies:
+    """Answers a request the controller cannot route with an error the client sees.
+
+    SGLang's schedulers end a request they will not run by sending `AbortReq` with a
+    `finished_reason` to the tokenizer manager on `port_args.tokenizer_ipc_name`
+    (`scheduler.py: send_abort_output`); the tokenizer manager turns an abort with a
+    `status_code` in [400, 600) into that HTTP status for a non-streaming request and
+    into a final chunk carrying the abort for a streaming one
+    (`tokenizer_manager.py: _handle_abort_req`, `_handle_abort_finish_reason`). The
+    reply carries the request's `http_worker_ipc`, as the scheduler's sender does
+    (`scheduler_components/output_sender.py`), so that a multi-tokenizer router
+    delivers it to the HTTP worker that holds the client.
+    """
+
+    def __init__(self, context: zmq.Context, tokenizer_endpoint: str):
+        # SGLang's own socket factory, as the scheduler's: unlimited send queue, connect.
+        self.socket = get_zmq_socket(context, zmq.PUSH, tokenizer_endpoint, False)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.sent = 0
+
+    def reject(self, message, reason: str, status: HTTPStatus = HTTPStatus.SERVICE_UNAVAILABLE) -> None:
+        abort = AbortReq(
+            rid=message.rid, http_worker_ipc=getattr(message, "http_worker_ipc", None),
+            finished_reason={"type": "abort", "message": reason, "status_code": int(status),
+                             "err_type": "unroutable"},
+            abort_message=reason,
+        )
+        sock_send(self.socket, abort)
+        self.sent += 1
+
+    def close(self) -> None:
+        self.socket.close(0)
 
 
 def _policy_name(stock_method: str) -> str | None:
@@ -64,7 +108,15 @@ def _policy_name(stock_method: str) -> str | None:
 
 
 class PrefixAwareController(DataParallelController):
-    """Stock launch and message handling; our routing and a blocking event loop."""
+    """Stock launch and message handling; our routing and a blocking event loop.
+
+    Invariants: every tokenized request that arrives is sent to a worker, held (for
+    its prefix or its length prediction) and sent later, or answered with an error
+    reply (`ErrorReplies`); none is dropped silently. The ledger holds a request only
+    while its send succeeded (a failed send is undone with `Router.cancel`). No step
+    of the event loop may end it: SGLang kills the whole server when the controller
+    process exits.
+    """
 
     def __init__(self, server_args, port_args, run_scheduler_process_func, prelaunched_schedulers=None):
         # Bind the workers' report socket before the schedulers are spawned, so that
@@ -75,21 +127,31 @@ class PrefixAwareController(DataParallelController):
         endpoint = f"ipc://{tempfile.gettempdir()}/sglang_ext_reports_{uuid.uuid4().hex[:12]}"
         self.recv_reports.bind(endpoint)
         os.environ[completions.ENV_ENDPOINT] = endpoint
-        self.bad_reports = 0
-        self._last_load_check_s = float("-inf")
         super().__init__(server_args, port_args, run_scheduler_process_func, prelaunched_schedulers)
-        stock = self.load_balance_method.name.lower()
-        name = _policy_name(stock)
+        self._init_ours(server_args, ErrorReplies(self.context, port_args.tokenizer_ipc_name))
+
+    def _init_ours(self, server_args, replies: ErrorReplies, router_config: RouterConfig | None = None) -> None:
+        """Everything beyond the stock constructor (tests call it on a bare instance
+        with the stock attributes it reads set by hand)."""
+        self.replies = replies
+        self.bad_reports = 0
+        self.unroutable = 0  # requests answered with an error reply
+        self.fallback_routed = 0  # requests sent to a fallback worker after a routing error
+        self.housekeeping_errors = 0
+        self._fallback_counter = 0
+        self._last_load_check_s = float("-inf")
         self.router: Router | None = None
         self._held: dict[str, object] = {}  # rid -> message held for its prefix (router.holds)
         self.kv_subscriber: KVEventSubscriber | None = None
         self.status_writer: StatusWriter | None = None
         self.lengths: PredictedLengths | None = None
+        stock = self.load_balance_method.name.lower()
+        name = router_config.policy if router_config is not None else _policy_name(stock)
         if name is None:
             logger.info("controller: keeping SGLang's %s dispatch, with a blocking event loop", stock)
             return
         feed = EventFeedConfig.from_server_args(getattr(server_args, "kv_events_config", None))
-        self.router = Router(RouterConfig(
+        self.router = Router(router_config or RouterConfig(
             policy=name,
             num_workers=self.max_dp_size,
             page_size=max(1, int(getattr(server_args, "page_size", 1) or 1)),
@@ -101,7 +163,7 @@ class PrefixAwareController(DataParallelController):
         if feed is not None:
             self.kv_subscriber = KVEventSubscriber(feed, self.router.tree)
         for w in range(self.max_dp_size):
-            self.router.set_alive(w, w in self._active_workers, time.monotonic())
+            self.router.set_alive(w, self._is_alive(w), time.monotonic())
         self.dispatching = self.dispatch_by_policy
         # Our ledger is exact; the stock 20 ms snapshot refresh is not needed.
         self.refresh_load_budget_on_dispatch = False
@@ -116,26 +178,98 @@ class PrefixAwareController(DataParallelController):
 
     # ---------------------------------------------------------------- dispatch
 
+    def dispatching_with_trace(self, req, refresh_load_budget: bool = True):
+        """The stock entry for every tokenized request (single or one of a batch), our
+        routing or SGLang's: a request that cannot be routed gets an error reply
+        instead of an exception that would drop it (and, in a batch, the rest)."""
+        try:
+            super().dispatching_with_trace(req, refresh_load_budget)
+        except Exception as exc:
+            self._reject(req, f"could not route the request: {exc}")
+
     def dispatch_by_policy(self, req) -> None:
         now = time.monotonic()
         request = _request_of(req)
         if req.routed_dp_rank is not None:
-            # The client pinned a rank: honour it (the stock helper validates it and
-            # raises for a dead rank), and still account for the load it adds.
-            self.maybe_external_dp_rank_routing(req)
-            worker = req.routed_dp_rank
-            cached = self.router.cached_tokens(request)
-            self.router.record_dispatch(request, worker, cached[worker], now)
+            # The client pinned a rank: honour it (as SGLang's
+            # `maybe_external_dp_rank_routing` does), then account for the load it adds.
+            worker = self._pinned_worker(req.routed_dp_rank)
+            sock_send(self.workers[worker], req)
+            self._book_pinned(request, worker, now)
         elif self.lengths is not None and self.lengths.park(req, request, now):
             return  # dispatched by `_release_predicted` once its length is predicted
         else:
+            self._route_and_send(req, request, now)
+
+    def _pinned_worker(self, rank) -> int:
+        if not isinstance(rank, int) or not 0 <= rank < self.max_dp_size or self.workers[rank] is None:
+            raise Unroutable(f"routed_dp_rank={rank} is not a DP rank of this server (0..{self.max_dp_size - 1})")
+        if not self._is_alive(rank):
+            raise Unroutable(f"routed_dp_rank={rank} is not active")
+        return rank
+
+    def _book_pinned(self, request: Request, worker: int, now: float) -> None:
+        """Ledger and status for a pinned request already sent; an error here must not
+        reach `dispatching_with_trace` (the client would get an error for a request
+        that runs)."""
+        try:
+            cached = self.router.cached_tokens(request)
+            self.router.record_dispatch(request, worker, cached[worker], now)
+            self._count_dispatch(request.rid, worker, cached, now)
+        except Exception:
+            self.housekeeping_errors += 1
+            logger.exception("controller: rid=%s sent to rank %d but not booked", request.rid, worker)
+
+    def _route_and_send(self, message, request: Request, now: float) -> None:
+        """Route, then send or hold. Raises `Unroutable` (nothing booked, nothing sent)
+        when no worker is alive or the send failed."""
+        if not any(self.router.ledger.loads[w].alive for w in range(self.max_dp_size)):
+            raise Unroutable("no DP worker is alive")
+        try:
             decision = self.router.route(request, now)
-            worker, cached = decision.worker, decision.cached_tokens
-            if decision.held:
-                self._held[req.rid] = req  # sent by `_send_released` after its leader's prefill
-            else:
-                sock_send(self.workers[worker], req)
-        self._count_dispatch(req.rid, worker, cached, now)
+        except Exception:
+            # A routing bug must not cost the client its request: send it to a live
+            # worker in turn, and book it there (re-booking replaces a half-made placement).
+            logger.exception("controller: routing failed for rid=%s; sent to a fallback worker", request.rid)
+            self.fallback_routed += 1
+            worker = self._fallback_worker()
+            self._send_or_cancel(worker, message, request.rid, now)
+            self._book_pinned(request, worker, now)
+            return
+        if decision.held:
+            self._held[request.rid] = message  # sent by `_send_released` after its leader's prefill
+        else:
+            self._send_or_cancel(decision.worker, message, request.rid, now)
+        try:
+            self._count_dispatch(request.rid, decision.worker, decision.cached_tokens, now)
+        except Exception:
+            self.housekeeping_errors += 1
+            logger.exception("controller: could not record the decision for rid=%s", request.rid)
+
+    def _send_or_cancel(self, worker: int, message, rid: str, now: float) -> None:
+        try:
+            sock_send(self.workers[worker], message)
+        except Exception as exc:
+            self.router.cancel(rid, now)
+            raise Unroutable(f"send to rank {worker} failed: {exc}") from exc
+
+    def _fallback_worker(self) -> int:
+        alive = [w for w in range(self.max_dp_size) if self._is_alive(w)]
+        if not alive:
+            raise Unroutable("no DP worker is alive")
+        self._fallback_counter += 1
+        return alive[self._fallback_counter % len(alive)]
+
+    def _reject(self, message, reason: str) -> None:
+        """Answer a request that cannot be routed with an error the client sees."""
+        self.unroutable += 1
+        logger.error("controller: rid=%s answered with an error: %s", getattr(message, "rid", "-"), reason)
+        if self.status_writer is not None:
+            self.status_writer.mark_dirty()
+        try:
+            self.replies.reject(message, reason)
+        except Exception:
+            logger.exception("controller: could not send the error reply for rid=%s", getattr(message, "rid", "-"))
 
     def _send_released(self, now: float) -> None:
         """Send the requests the router no longer holds (see `sglang_ext/core/prefix_hold.py`)."""
@@ -144,41 +278,40 @@ class PrefixAwareController(DataParallelController):
             if message is None:
                 continue
             _rewrap_time_stats(message)
-            worker = self.router.ledger.worker_of(rid)
-            if worker is None or not self.router.ledger.loads[worker].alive:
-                # Its worker went down while it waited: route it afresh.
-                decision = self.router.route(_request_of(message), now)
-                worker = decision.worker
-                if decision.held:
-                    self._held[rid] = message
-                    continue
-            sock_send(self.workers[worker], message)
+            try:
+                worker = self.router.ledger.worker_of(rid)
+                if worker is None or not self.router.ledger.loads[worker].alive:
+                    # Its worker went down while it waited (or it expired): route it afresh.
+                    self._route_and_send(message, _request_of(message), now)
+                else:
+                    self._send_or_cancel(worker, message, rid, now)
+            except Exception as exc:
+                self._reject(message, f"could not send the held request: {exc}")
 
     def _release_predicted(self, now: float) -> None:
         for message, request in self.lengths.collect(now, self.router):
             _rewrap_time_stats(message)
             try:
-                decision = self.router.route(request, now)
-                if decision.held:
-                    self._held[request.rid] = message
-                else:
-                    sock_send(self.workers[decision.worker], message)
+                self._route_and_send(message, request, now)
             except Exception as exc:
-                logger.error("controller: could not dispatch rid=%s after prediction: %s", request.rid, exc)
-                continue
-            self._count_dispatch(request.rid, decision.worker, decision.cached_tokens, now)
+                self._reject(message, f"could not route the request after its prediction: {exc}")
 
     def _count_dispatch(self, rid: str, worker: int, cached: list[int], now: float) -> None:
         self.dispatched_by_worker[worker] += 1
         if self.status_writer is not None:
             self.status_writer.record_decision(rid, worker, cached, now)
 
+    def _is_alive(self, worker: int) -> bool:
+        # The stock `update_active_ranks` updates only `status` outside elastic EP, not
+        # `_active_workers`; both flags are read here.
+        return bool(self.status[worker]) and bool(self.dp_active[worker]) and self.workers[worker] is not None
+
     def update_active_ranks(self, ranks) -> None:
         super().update_active_ranks(ranks)
         if self.router is not None:
             now = time.monotonic()
             for w in range(self.max_dp_size):
-                self.router.set_alive(w, bool(self.status[w]) and self.dp_active[w], now)
+                self.router.set_alive(w, self._is_alive(w), now)
 
     # -------------------------------------------------------------- event loop
 
@@ -188,50 +321,67 @@ class PrefixAwareController(DataParallelController):
         # the dispatch path. Objects made from now on (the mirror's) are collected as usual.
         gc.collect()
         gc.freeze()
+        poller = self._make_poller()
+        while True:
+            self.soft_watchdog.feed()
+            self.run_once(poller, self._guarded_value("the poll timeout", self._poll_timeout_ms, POLL_TIMEOUT_MS))
+
+    def _make_poller(self) -> zmq.Poller:
         poller = zmq.Poller()
         poller.register(self.recv_from_tokenizer, zmq.POLLIN)
         poller.register(self.recv_reports, zmq.POLLIN)
-        event_sockets = self.kv_subscriber.sockets() if self.kv_subscriber else []
-        for sock in event_sockets:
+        for sock in self.kv_subscriber.sockets() if self.kv_subscriber else []:
             poller.register(sock, zmq.POLLIN)
         if self.lengths is not None:
             poller.register(self.lengths.wakeup, zmq.POLLIN)
-        while True:
-            self.soft_watchdog.feed()
-            ready = dict(poller.poll(self._poll_timeout_ms()))
-            # Cache events and reports first: the next dispatch should see them.
-            now = time.monotonic()
-            for sock in event_sockets:
-                if sock in ready:
-                    self._guarded("a KV-event frame", self.kv_subscriber.handle, sock, now)
-            if self.kv_subscriber is not None:
-                self.kv_subscriber.applier.check_timeouts(now)
-            if self.recv_reports in ready:
-                self._guarded("a worker report", self._drain_reports)
-            if self.recv_from_tokenizer in ready:
-                self._drain_tokenizer()
-            if self.lengths is not None:
-                self._release_predicted(time.monotonic())
-            if self.router is not None:
-                now = time.monotonic()
-                if self._held:
-                    self._guarded("held requests", self._send_released, now)
-                self.router.expire(now)
-                if now - self._last_load_check_s >= LOAD_CHECK_INTERVAL_S:
-                    self._last_load_check_s = now
-                    self._guarded("the workers' load snapshots", self._check_loads, now)
-                if self.status_writer is not None:
-                    if ready:
-                        self.status_writer.mark_dirty()
-                    self.status_writer.maybe_write(now, self.status_snapshot)
+        return poller
 
-    @staticmethod
-    def _guarded(what: str, fn, *args) -> None:
-        """The controller must outlive any bad input: log it and carry on."""
+    def run_once(self, poller: zmq.Poller, timeout_ms: int) -> None:
+        """One poll round: drain what is ready (each socket at most
+        `MAX_DRAIN_PER_ROUND` messages), then the housekeeping steps, each guarded."""
+        ready = dict(poller.poll(timeout_ms))
+        # Cache events and reports first: the next dispatch should see them.
+        now = time.monotonic()
+        if self.kv_subscriber is not None:
+            for sock in self.kv_subscriber.sockets():
+                if sock in ready:
+                    self._guarded("a KV-event frame", self.kv_subscriber.handle, sock, now, MAX_DRAIN_PER_ROUND)
+            self._guarded("the KV-event replay timeouts", self.kv_subscriber.applier.check_timeouts, now)
+        if self.recv_reports in ready:
+            self._guarded("a worker report", self._drain_reports)
+        if self.recv_from_tokenizer in ready:
+            self._guarded("the tokenizer's messages", self._drain_tokenizer)
+        if self.lengths is not None:
+            self._guarded("the length predictions", self._release_predicted, time.monotonic())
+        if self.router is None:
+            return
+        now = time.monotonic()
+        if self._held:
+            self._guarded("held requests", self._send_released, now)
+        self._guarded("the ledger expiry", self.router.expire, now)
+        if now - self._last_load_check_s >= LOAD_CHECK_INTERVAL_S:
+            self._last_load_check_s = now
+            self._guarded("the workers' load snapshots", self._check_loads, now)
+        if self.status_writer is not None:
+            if ready:
+                self.status_writer.mark_dirty()
+            self._guarded("the status file", self.status_writer.maybe_write, now, self.status_snapshot)
+
+    def _guarded(self, what: str, fn, *args) -> None:
+        """The controller must outlive any bad input or bad moment: log it and carry on."""
         try:
             fn(*args)
         except Exception:
+            self.housekeeping_errors += 1
             logger.exception("controller: error while handling %s; skipped", what)
+
+    def _guarded_value(self, what: str, fn, default):
+        try:
+            return fn()
+        except Exception:
+            self.housekeeping_errors += 1
+            logger.exception("controller: error while computing %s; using %r", what, default)
+            return default
 
     def _check_loads(self, now: float) -> None:
         """Cross-check the ledger with the load snapshots the schedulers publish in
@@ -258,6 +408,8 @@ class PrefixAwareController(DataParallelController):
             "dispatched_by_worker": self.dispatched_by_worker,
             "kv_events": self.kv_subscriber.applier.stats if self.kv_subscriber else None,
             "bad_reports": self.bad_reports,
+            "unroutable": {"error_replies": self.unroutable, "fallback_routed": self.fallback_routed},
+            "housekeeping_errors": self.housekeeping_errors,
             "length_predictions": None if self.lengths is None else {
                 "predicted_in_time": self.lengths.predicted, "fallbacks": self.lengths.fallbacks,
                 "failed": self.lengths.failed,
@@ -266,7 +418,7 @@ class PrefixAwareController(DataParallelController):
         return snapshot
 
     def _drain_tokenizer(self) -> None:
-        while True:
+        for _ in range(MAX_DRAIN_PER_ROUND):
             try:
                 message = sock_recv(self.recv_from_tokenizer, flags=zmq.NOBLOCK)
             except zmq.Again:
@@ -277,12 +429,13 @@ class PrefixAwareController(DataParallelController):
             try:
                 self._request_dispatcher(message)
             except Exception as exc:
+                # Requests never get here (`dispatching_with_trace` answers them); a
+                # control message that failed is logged.
                 logger.error("controller: could not dispatch %s (rid=%s): %s",
                              type(message).__name__, getattr(message, "rid", "-"), exc)
 
-
     def _drain_reports(self) -> None:
-        while True:
+        for _ in range(MAX_DRAIN_PER_ROUND):
             try:
                 frame = self.recv_reports.recv(zmq.NOBLOCK)
             except zmq.Again:

@@ -93,15 +93,18 @@ class KVEventSubscriber:
     def sockets(self) -> list[zmq.Socket]:
         return self.subs + [r for r in self.replays if r is not None]
 
-    def handle(self, socket: zmq.Socket, now_s: float) -> None:
-        """Drain one ready socket."""
+    def handle(self, socket: zmq.Socket, now_s: float, max_frames: int | None = None) -> int:
+        """Drain one ready socket, at most `max_frames` frame sets (the rest stay queued
+        for the caller's next poll round); returns how many were taken."""
         rank = self._rank_of[socket]
         is_replay = socket is self.replays[rank]
-        while True:
+        taken = 0
+        while max_frames is None or taken < max_frames:
             try:
                 frames = socket.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
-                return
+                break
+            taken += 1
             if is_replay:
                 frames = frames[1:]  # the DEALER sees the empty delimiter first
             if len(frames) != 3 or len(frames[1]) != 8:
@@ -117,6 +120,7 @@ class KVEventSubscriber:
             elif self.applier.on_live(rank, seq, frames[2], now_s):
                 start = self.applier.state(rank).expected_seq
                 self.replays[rank].send_multipart([b"", start.to_bytes(8, "big")])
+        return taken
 
     def close(self) -> None:
         for s in self.sockets():

@@ -245,6 +245,16 @@ class Router:
             self.cost_fit.forget(rid)
         self.policy.on_expired(rid, worker, now_s)
 
+    def cancel(self, rid: str, now_s: float) -> bool:
+        """Undo a placement the host could not deliver (its send to the worker failed):
+        the request leaves the ledger as if it had never been dispatched. False if the
+        router does not know the rid."""
+        done = self.ledger.on_finished(rid)
+        if done is None:
+            return False
+        self._forget(rid, done.worker, now_s)
+        return True
+
     def reconcile(self, report: ReportedLoad, now_s: float) -> list[str]:
         """Cross-check the ledger with a worker's own load report (see `load_check.py`);
         requests it shows were finished without a completion report are dropped."""

@@ -1,0 +1,258 @@
+"""The controller's dispatch path and event loop without SGLang's processes: no request
+is dropped silently, no bad moment ends the loop, drains are capped per round.
+
+`Harness` builds a `PrefixAwareController` without its launch (the stock constructor
+spawns schedulers): the stock attributes its methods read are set by hand, and real
+ZeroMQ sockets stand in for the processes around it: a PUSH for the tokenizer manager's
+requests, one PULL per scheduler, a PULL for the tokenizer manager's replies.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from array import array
+from http import HTTPStatus
+from types import SimpleNamespace
+
+import pytest
+import zmq
+
+pytest.importorskip("sglang")
+from sglang.srt.managers.data_parallel_controller import LoadBalanceMethod  # noqa: E402
+from sglang.srt.managers.io_struct import (  # noqa: E402
+    AbortReq,
+    ActiveRanksOutput,
+    BatchTokenizedGenerateReqInput,
+    TokenizedGenerateReqInput,
+    sock_recv,
+    sock_send,
+)
+from sglang.srt.sampling.sampling_params import SamplingParams  # noqa: E402
+
+from sglang_ext import completions  # noqa: E402
+from sglang_ext.controller import MAX_DRAIN_PER_ROUND, ErrorReplies, PrefixAwareController  # noqa: E402
+from sglang_ext.core.router import RouterConfig  # noqa: E402
+from sglang_ext.status import StatusWriter  # noqa: E402
+
+
+def tokenized(rid: str, prompt: list[int] | None = None, max_new_tokens: int = 8, routed_dp_rank=None,
+              input_text: str | None = None) -> TokenizedGenerateReqInput:
+    return TokenizedGenerateReqInput(
+        rid=rid, http_worker_ipc="ipc:///tmp/http-worker-7", input_text=input_text,
+        input_ids=array("q", prompt or [5, 6, 7, 8]), input_embeds=None, mm_inputs=None, token_type_ids=None,
+        sampling_params=SamplingParams(max_new_tokens=max_new_tokens), return_logprob=False,
+        logprob_start_len=-1, top_logprobs_num=0, token_ids_logprob=None, stream=False,
+        routed_dp_rank=routed_dp_rank,
+    )
+
+
+class _NoSnapshots:
+    def read_all(self):
+        return []
+
+
+class Harness:
+    """A controller wired to real sockets; `step()` runs one event-loop round."""
+
+    def __init__(self, num_workers: int = 2, policy: str = "round_robin", status_path: str | None = None,
+                 lengths=None):
+        self.ctx = zmq.Context()
+        tag = uuid.uuid4().hex[:8]
+        ctl = object.__new__(PrefixAwareController)
+        # What the stock constructor would have set (data_parallel_controller.py, 0.5.23).
+        ctl.max_dp_size = num_workers
+        ctl.load_balance_method = LoadBalanceMethod.ROUND_ROBIN
+        ctl.status = [True] * num_workers
+        ctl.dp_active = [True] * num_workers
+        ctl._active_workers = list(range(num_workers))
+        ctl.round_robin_counter = 0
+        ctl.health_round_robin_counter = 0
+        ctl.load_snapshot_reader = _NoSnapshots()
+        ctl.soft_watchdog = SimpleNamespace(feed=lambda: None)
+        self.workers_in = []
+        ctl.workers = []
+        for w in range(num_workers):
+            pull = self.ctx.socket(zmq.PULL)
+            pull.bind(f"inproc://worker{w}-{tag}")
+            push = self.ctx.socket(zmq.PUSH)
+            push.connect(f"inproc://worker{w}-{tag}")
+            self.workers_in.append(pull)
+            ctl.workers.append(push)
+        self.tokenizer_out = self.ctx.socket(zmq.PUSH)  # the tokenizer manager binds it
+        self.tokenizer_out.bind(f"inproc://scheduler-input-{tag}")
+        ctl.recv_from_tokenizer = self.ctx.socket(zmq.PULL)
+        ctl.recv_from_tokenizer.connect(f"inproc://scheduler-input-{tag}")
+        self.replies_in = self.ctx.socket(zmq.PULL)  # the tokenizer manager's reply socket
+        self.replies_in.bind(f"inproc://tokenizer-{tag}")
+        ctl.recv_reports = self.ctx.socket(zmq.PULL)
+        ctl.recv_reports.bind(f"inproc://reports-{tag}")
+        self.reports_out = self.ctx.socket(zmq.PUSH)
+        self.reports_out.connect(f"inproc://reports-{tag}")
+        ctl._reports_context = self.ctx
+        ctl.init_dispatcher()
+        ctl._init_ours(SimpleNamespace(kv_events_config=None), ErrorReplies(self.ctx, f"inproc://tokenizer-{tag}"),
+                       RouterConfig(policy=policy, num_workers=num_workers))
+        if status_path is not None:
+            ctl.status_writer = StatusWriter(status_path, min_interval_s=0.0)
+        if lengths is not None:
+            ctl.lengths = lengths
+        self.ctl = ctl
+        self.poller = ctl._make_poller()
+
+    def send(self, message) -> None:
+        sock_send(self.tokenizer_out, message)
+
+    def step(self, timeout_ms: int = 200) -> None:
+        self.ctl.run_once(self.poller, timeout_ms)
+
+    def run_until(self, predicate, timeout_s: float = 5.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not predicate() and time.monotonic() < deadline:
+            self.step(20)
+
+    @staticmethod
+    def drain(sock) -> list:
+        out = []
+        while True:
+            try:
+                out.append(sock_recv(sock, flags=zmq.NOBLOCK))
+            except zmq.Again:
+                return out
+
+    def received(self) -> list[list]:
+        """Messages each worker got so far."""
+        return [self.drain(s) for s in self.workers_in]
+
+    def report_finished(self, rid: str, worker: int, output_tokens: int = 4) -> None:
+        report = completions.WorkerReport(completions.FINISHED, rid, worker, 4, 0, output_tokens)
+        self.reports_out.send(completions.encode_batch(completions.ReportBatch(worker, [report])))
+
+    def close(self) -> None:
+        self.ctx.destroy(linger=0)
+
+
+@pytest.fixture(scope="session")
+def sglang_config():
+    """SGLang's stock `update_active_ranks` reads the published server config, as in
+    the controller process (`run_data_parallel_controller_process` publishes it)."""
+    from sglang.srt.runtime_context import publish
+    from sglang.srt.server_args import ServerArgs
+
+    from conftest import tiny_model
+
+    publish(ServerArgs(model_path=tiny_model(), device="cpu", dp_size=2), role="dp_controller")
+
+
+@pytest.fixture
+def harness(sglang_config):
+    made = []
+
+    def make(**kwargs) -> Harness:
+        made.append(Harness(**kwargs))
+        return made[-1]
+
+    yield make
+    for h in made:
+        h.close()
+
+
+def replies_until(h: Harness, n: int) -> list[AbortReq]:
+    got: list = []
+    h.run_until(lambda: len(got) < n and not got.extend(h.drain(h.replies_in)) and len(got) >= n)
+    got += h.drain(h.replies_in)
+    return got
+
+
+def test_a_request_pinned_to_a_dead_rank_gets_an_error_reply_and_the_next_is_served(harness):
+    h = harness()
+    h.send(ActiveRanksOutput(status=[True, False]))  # rank 1 went down
+    h.run_until(lambda: not h.ctl.router.ledger.loads[1].alive)
+    h.send(tokenized("pinned", routed_dp_rank=1))
+    [reply] = replies_until(h, 1)
+    assert isinstance(reply, AbortReq) and reply.rid == "pinned"
+    assert reply.http_worker_ipc == "ipc:///tmp/http-worker-7"  # back to the client's HTTP worker
+    assert reply.finished_reason["type"] == "abort"
+    assert reply.finished_reason["status_code"] == HTTPStatus.SERVICE_UNAVAILABLE
+    assert "routed_dp_rank=1" in reply.finished_reason["message"]
+    assert h.received() == [[], []] and len(h.ctl.router.ledger) == 0
+    assert h.ctl.status_snapshot()["unroutable"]["error_replies"] == 1
+    h.send(tokenized("next"))
+    h.run_until(lambda: len(h.ctl.router.ledger) == 1)
+    got = h.received()
+    assert [m.rid for m in got[0]] == ["next"] and got[1] == []
+
+
+def test_a_rank_outside_the_server_gets_an_error_reply(harness):
+    h = harness()
+    h.send(tokenized("far", routed_dp_rank=5))
+    [reply] = replies_until(h, 1)
+    assert reply.rid == "far" and "not a DP rank" in reply.finished_reason["message"]
+
+
+def test_with_no_worker_alive_every_request_of_a_batch_gets_its_error_reply(harness):
+    h = harness()
+    h.send(ActiveRanksOutput(status=[False, False]))
+    h.send(BatchTokenizedGenerateReqInput(batch=[tokenized(f"b{i}") for i in range(3)]))
+    replies = replies_until(h, 3)
+    assert sorted(r.rid for r in replies) == ["b0", "b1", "b2"]
+    assert all("no DP worker is alive" in r.finished_reason["message"] for r in replies)
+    assert h.ctl.unroutable == 3 and len(h.ctl.router.ledger) == 0
+
+
+def test_a_routing_error_sends_the_request_to_a_fallback_worker(harness):
+    h = harness()
+
+    def broken(request, now_s):
+        raise ZeroDivisionError("policy bug")
+
+    h.ctl.router.route = broken  # fault injection: the policy raises
+    h.send(tokenized("fb"))
+    h.run_until(lambda: h.ctl.fallback_routed == 1 and len(h.ctl.router.ledger) == 1)
+    got = h.received()
+    assert sum(len(g) for g in got) == 1
+    worker = next(w for w, g in enumerate(got) if g)
+    assert h.ctl.router.ledger.worker_of("fb") == worker
+    assert h.drain(h.replies_in) == []
+
+
+def test_a_failed_send_is_not_booked_and_the_client_hears_of_it(harness):
+    h = harness()
+    h.ctl.workers[0].close(0)  # round robin picks rank 0 first; sending to it now raises
+    h.send(tokenized("lost"))
+    [reply] = replies_until(h, 1)
+    assert reply.rid == "lost" and "send to rank 0 failed" in reply.finished_reason["message"]
+    assert len(h.ctl.router.ledger) == 0
+    assert all(ld.requests == 0 and ld.queued_prefill_tokens == 0 for ld in h.ctl.router.ledger.loads)
+
+
+def test_a_failing_status_write_or_expiry_does_not_end_the_loop(harness, tmp_path):
+    h = harness(status_path=str(tmp_path / "no-such-dir" / "status.json"))  # every write fails
+
+    def expire_fails(now_s):
+        raise RuntimeError("expiry bug")
+
+    h.ctl.router.expire = expire_fails
+    for i in range(3):
+        h.send(tokenized(f"r{i}"))
+        h.step()
+    h.run_until(lambda: len(h.ctl.router.ledger) == 3)
+    assert len(h.ctl.router.ledger) == 3
+    assert h.ctl.housekeeping_errors >= 2 * 3  # both steps failed in every round, and the loop ran on
+
+
+def test_a_flood_of_requests_does_not_starve_the_worker_reports(harness):
+    h = harness()
+    h.send(tokenized("first"))
+    h.run_until(lambda: len(h.ctl.router.ledger) == 1)
+    flood = MAX_DRAIN_PER_ROUND * 2 + 10
+    for i in range(flood):
+        h.send(tokenized(f"f{i}"))
+    h.report_finished("first", h.ctl.router.ledger.worker_of("first"))
+    time.sleep(0.05)  # inproc delivery is immediate; this only lets the report land
+    h.step()
+    # One round took one cap of requests and still handled the report.
+    assert sum(h.ctl.dispatched_by_worker) == 1 + MAX_DRAIN_PER_ROUND
+    assert "first" not in h.ctl.router.ledger
+    h.run_until(lambda: sum(h.ctl.dispatched_by_worker) == 1 + flood)
+    assert sum(h.ctl.dispatched_by_worker) == 1 + flood
