@@ -99,7 +99,8 @@ def test_cli_reports_bad_trace_in_one_line_with_exit_2(tmp_path):
     (["generate", "toolbench", "--out", "X", "--tools", "0"], "--tools"),
     (["generate", "react", "--out", "X", "--arrival", "weibull"], "invalid choice"),
     (["generate", "react"], "required"),
-    (["replay", "T", "--simulate"], "not available yet"),
+    (["replay", "T", "--simulate"], "no such trace file"),
+    (["replay", "T", "--simulate", "--gpus", "0"], "--gpus must be"),
     (["replay", "T", "--rate-scale", "0"], "--rate-scale"),
 ])
 def test_bad_options_give_one_line_and_exit_2(tmp_path, capsys, argv, words):

@@ -137,7 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--no-rid", action="store_true", help="do not send trace ids as SGLang rids")
     rp.add_argument("--no-progress", action="store_true")
     rp.add_argument("--skip-bad-lines", action="store_true", help="drop malformed request lines (each reported) instead of stopping")
-    rp.add_argument("--simulate", action="store_true", help="replay against the cluster simulator (not available yet)")
+    rp.add_argument("--simulate", action="store_true",
+                    help="replay on the cluster simulator instead of --url (options below; same output files)")
+    from cluster.cli import add_sim_options
+
+    # --max-requests and --force-lengths are the replay's own (the simulator obeys them).
+    add_sim_options(rp, exclude=("max_requests", "force_lengths"), title="simulator (with --simulate)")
 
     st = sub.add_parser("stats", help="length and prefix-sharing statistics, histograms", epilog=EXAMPLES, formatter_class=fmt)
     st.add_argument("trace")
@@ -200,15 +205,25 @@ def _stats(a: argparse.Namespace) -> int:
 def _replay(a: argparse.Namespace) -> int:
     from traces.replay import ReplayConfig, run
 
-    if a.simulate:
-        raise ValueError("--simulate is not available yet: the cluster simulator does not exist (replay against --url)")
     cfg = ReplayConfig(trace=a.trace, url=a.url.rstrip("/"), out_dir=a.out, rate_scale=a.rate_scale,
                        max_concurrency=a.max_concurrency, force_lengths=a.force_lengths, max_requests=a.max_requests,
                        max_duration_s=a.max_duration_s, request_timeout_s=a.request_timeout_s,
                        send_rid=not a.no_rid, progress=not a.no_progress)
     cfg.check()
+    if a.simulate:
+        from cluster.cli import sim_config_from
+
+        from cluster.config import resolve
+
+        sim = sim_config_from(a)
+        resolve(sim)   # option, cost-model and decision-time errors before the trace is read
     trace = _load(a.trace, a.skip_bad_lines)
-    summary = run(trace, cfg)
+    if a.simulate:
+        from traces.replay import simulate
+
+        summary = simulate(trace, cfg, sim)
+    else:
+        summary = run(trace, cfg)
     e2e, ttft = summary["e2e_s"], summary["ttft_s"]
     print(f"traces: {summary['succeeded']}/{summary['requests']} ok, ttft p50 {ttft['p50']} s, e2e p50 {e2e['p50']} s, "
           f"prefix hit rate {summary['prefix_hit_rate']}; wrote {a.out}/requests.csv and summary.json")

@@ -11,6 +11,7 @@ cached tokens and token counts come from `meta_info` of SGLang's last stream chu
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import pathlib
 import sys
@@ -215,3 +216,27 @@ def run(trace: Trace, cfg: ReplayConfig) -> dict:
         "generator": trace.header.generator, "seed": trace.header.seed, "version": trace.header.version,
         "config": trace.header.config}}, indent=2) + "\n")
     return summary
+
+
+def simulate(trace: Trace, cfg: ReplayConfig, sim) -> dict:
+    """`replay --simulate`: the same selection and rate scaling as a live replay, run on
+    the cluster simulator (`sim`, a `cluster.config.SimConfig`) instead of a server;
+    writes the same files. The simulated client has no concurrency cap: it sends every
+    request at its scheduled time (`--max-concurrency`, `--request-timeout-s` do not apply)."""
+    import msgspec
+
+    from cluster.engine import run_simulation
+    from cluster.results import write_outputs
+
+    cfg.check()
+    reqs = select(trace, cfg)
+    if not reqs:
+        raise ValueError("no request to replay (check --max-requests / --max-duration-s)")
+    if cfg.rate_scale != 1.0:
+        reqs = [msgspec.structs.replace(r, arrival_s=r.arrival_s / cfg.rate_scale) for r in reqs]
+    scaled = Trace(trace.header, reqs, trace.skipped_lines)
+    outcome = run_simulation(scaled, dataclasses.replace(sim, force_lengths=cfg.force_lengths))
+    write_outputs(outcome, cfg.out_dir, trace_path=cfg.trace)
+    config = dict(outcome.config, replay=asdict(cfg))
+    (pathlib.Path(cfg.out_dir) / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return outcome.summary

@@ -1,0 +1,175 @@
+"""`python -m cluster simulate | ...`: the cluster simulator's command line.
+
+Each subcommand is one function decorated with `@subcommand(name, help)`: it receives its
+own argparse parser, adds its options, and returns the function that runs it (which
+returns the exit code). Adding a subcommand (`sweep`, `report`, `calibrate`, `bench`) is
+writing one such function here.
+
+Exit codes: 0 ok, 2 bad input (options, trace, cost model, policy), 1 runtime failure.
+Errors are one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from collections.abc import Callable
+
+from cluster.config import SimConfig
+
+EXAMPLES = """examples:
+  python -m traces generate react --out react.jsonl --rate-rps 32 --duration-s 60 --token-ids --seed 1
+  python -m cluster simulate react.jsonl --gpus 16 --policy prefix_length_aware --length-source oracle \\
+      --cost-model h100-llama3.1-8b --kv-capacity-tokens 400000 --decision-time fixed:200 --seed 1 --out sim1
+  python -m cluster simulate react.jsonl --gpus 8 --policy round_robin --event-delay-ms 20 --debug-checks --out sim2
+exit codes: 0 ok, 2 bad input, 1 runtime failure
+"""
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):   # one line, no usage dump
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+Runner = Callable[[argparse.Namespace], int]
+_SUBCOMMANDS: list[tuple[str, str, Callable[[argparse.ArgumentParser], Runner]]] = []
+
+
+def subcommand(name: str, help_text: str):
+    """Register `fn(parser) -> runner` as `python -m cluster NAME`."""
+    def register(fn: Callable[[argparse.ArgumentParser], Runner]):
+        _SUBCOMMANDS.append((name, help_text, fn))
+        return fn
+    return register
+
+
+# ------------------------------------------------------------------ SimConfig options
+
+_TYPES = {"int": int, "float": float, "str": str}
+
+
+def add_sim_options(p: argparse.ArgumentParser, exclude: tuple[str, ...] = (), title: str = "simulator") -> None:
+    """One option per `SimConfig` field (help, default and type from the field)."""
+    group = p.add_argument_group(title)
+    for f in dataclasses.fields(SimConfig):
+        if f.name in exclude:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        kw: dict = {"dest": f.name, "default": f.default, "help": f.metadata.get("help")}
+        if f.type == "bool":
+            kw["action"] = argparse.BooleanOptionalAction
+        else:
+            kw["type"] = _TYPES[str(f.type).split(" | ")[0]]
+            if "choices" in f.metadata:
+                kw["choices"] = f.metadata["choices"]
+        group.add_argument(flag, **kw)
+
+
+def sim_config_from(args: argparse.Namespace, **overrides) -> SimConfig:
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(SimConfig) if hasattr(args, f.name)}
+    values.update(overrides)
+    return SimConfig(**values)
+
+
+def print_table(summary: dict, wall_s: float | None, title: str) -> None:
+    """A short human-readable table of a run (rich if it is installed)."""
+    sim = summary.get("simulator", {})
+    dec = summary.get("decision_time_us", {})
+
+    def f(value, fmt="{:.3f}"):
+        return "-" if value is None else fmt.format(value)
+
+    rows = [
+        ("requests ok / total", f"{summary['succeeded']} / {summary['requests']}"),
+        ("TTFT mean / p99 (s)", f"{f(summary['ttft_s']['mean'])} / {f(summary['ttft_s']['p99'])}"),
+        ("e2e mean / p99 (s)", f"{f(summary['e2e_s']['mean'])} / {f(summary['e2e_s']['p99'])}"),
+        ("norm latency mean (s/token)", f(summary['norm_latency_s_per_token']['mean'], "{:.4f}")),
+        ("prefix hit rate", f(summary.get("prefix_hit_rate"))),
+        ("throughput (req/s, out tok/s)", f"{f(summary.get('throughput_rps'), '{:.1f}')}, "
+                                          f"{f(summary.get('throughput_output_tokens_per_s'), '{:.0f}')}"),
+        ("decision time mean / p99 (us)", f"{f(dec.get('mean'), '{:.1f}')} / {f(dec.get('p99'), '{:.1f}')}"),
+        ("busy imbalance (max/mean)", f(sim.get("worker_busy_imbalance_max_over_mean"))),
+        ("simulated duration (s)", f(sim.get("simulated_duration_s"), "{:.1f}")),
+        ("host-dependent", str(summary.get("host_dependent"))),
+    ]
+    if wall_s is not None:
+        rows.append(("wall time (s)", f"{wall_s:.1f}"))
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:
+        print(title)
+        for k, v in rows:
+            print(f"  {k:32s} {v}")
+        return
+    table = Table(title=title, show_header=False)
+    for k, v in rows:
+        table.add_row(k, v)
+    Console().print(table)
+
+
+# ---------------------------------------------------------------------- subcommands
+
+
+@subcommand("simulate", "simulate a trace on N simulated SGLang workers behind the router")
+def _simulate_parser(p: argparse.ArgumentParser) -> Runner:
+    p.add_argument("trace", help="trace file (python -m traces generate ...)")
+    p.add_argument("--out", required=True, help="folder for requests.csv, summary.json, config.json")
+    p.add_argument("--skip-bad-lines", action="store_true", help="drop malformed request lines instead of stopping")
+    p.add_argument("--quiet", action="store_true", help="no table on stdout")
+    add_sim_options(p)
+
+    def run(a: argparse.Namespace) -> int:
+        from cluster.config import resolve
+        from traces.format import read_trace
+
+        config = sim_config_from(a)
+        resolve(config)  # option, cost-model and decision-time errors before the trace is read
+        trace = read_trace(a.trace, strict=not a.skip_bad_lines)
+        for message in trace.skipped_lines:
+            print(f"cluster: skipped {message}", file=sys.stderr)
+        from cluster.engine import run_simulation   # imports SGLang's radix tree: seconds
+        from cluster.results import write_outputs
+
+        started = time.perf_counter()   # for the table only; never in the outputs
+        outcome = run_simulation(trace, config)
+        wall_s = time.perf_counter() - started
+        write_outputs(outcome, a.out, trace_path=a.trace)
+        if not a.quiet:
+            print_table(outcome.summary, wall_s, f"{config.policy} on {config.gpus} GPUs ({a.trace})")
+        print(f"cluster: wrote {a.out}/requests.csv, summary.json, config.json", file=sys.stderr)
+        return 0
+
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m cluster", description="The cluster simulator.", epilog=EXAMPLES,
+                     formatter_class=_Formatter)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for name, help_text, add in _SUBCOMMANDS:
+        p = sub.add_parser(name, help=help_text, description=help_text, epilog=EXAMPLES, formatter_class=_Formatter)
+        p.set_defaults(run=add(p))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    where = f"cluster {args.command}"
+    try:
+        return args.run(args)
+    except ValueError as err:   # TraceError, CostModelError, UnknownPolicyError are ValueErrors
+        print(f"{where}: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+    except (RuntimeError, OSError) as err:   # cluster.engine.SimulationError is a RuntimeError
+        print(f"{where}: failed: {' '.join(str(err).split())}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{where}: interrupted", file=sys.stderr)
+        return 1
