@@ -1,21 +1,39 @@
 /* Token ids <-> packed native uint32 bytes, at C speed.
  *
  * The global mirror keeps cached token runs packed (4 bytes per token) and compares a
- * request's prompt with them on the dispatch path. The prompt arrives as a Python list
- * of ints; touching each of those ints is the only per-token step of a match, so it is
- * done here: `common_prefix` reads the list in place (no copy, no allocation) and stops
- * at the first difference; `pack_u32` packs a range (a child key, an event's pages).
- * On our 2-core host array('I', ids) packs at ~13 ns per token; these loops run at a few
- * ns. `sglang_ext/token_bytes.py` has pure-Python equivalents for builds without a C
+ * request's prompt with them on the dispatch path. Touching each id of the prompt is the
+ * only per-token step of a match, so it is done here: `common_prefix` reads the ids in
+ * place (no copy, no allocation) and stops at the first difference; `pack_u32` packs a
+ * range (a child key, an event's pages, a prompt inserted into the mirror).
+ *
+ * The ids are read in place in either form they arrive in:
+ * - a list or tuple of ints (tests, the simulator, KV events' `token_ids`);
+ * - any one-dimensional C-contiguous buffer of native integers (`array('q')`, numpy
+ *   int arrays): SGLang 0.5.23 hands the controller `TokenizedGenerateReqInput.input_ids`
+ *   as `array('q')` (DESIGN.md 7.5), and turning that into a list first cost ~50 us per
+ *   8K-token prompt per call, more than the whole match. A buffer is read as machine
+ *   integers, without making an int object per token.
+ * Anything else (other sequences, byte-swapped or strided buffers, floats) goes through
+ * `PySequence_Fast`, so results never depend on the form, only the speed does.
+ * `sglang_ext/core/token_bytes.py` has pure-Python equivalents for builds without a C
  * compiler.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
-
+#include <string.h>
 /* One token id; -1 with an exception set for anything else. */
 static inline int64_t token_id(PyObject *item) {
-    unsigned long v = PyLong_AsUnsignedLong(item); /* TypeError, or OverflowError if < 0 */
+    unsigned long v;
+    if (PyLong_Check(item)) {
+        v = PyLong_AsUnsignedLong(item); /* OverflowError if < 0 */
+    } else {
+        /* numpy integer scalars and other `__index__` types; TypeError for floats */
+        PyObject *index = PyNumber_Index(item);
+        if (index == NULL) return -1;
+        v = PyLong_AsUnsignedLong(index);
+        Py_DECREF(index);
+    }
     if (v == (unsigned long)-1 && PyErr_Occurred()) {
         return -1;
     }
@@ -25,6 +43,96 @@ static inline int64_t token_id(PyObject *item) {
     }
     return (int64_t)v;
 }
+
+static void out_of_range(void) {
+    PyErr_SetString(PyExc_OverflowError, "token id outside [0, 2**32)");
+}
+
+/* Token ids as handed to us: a list/tuple (or anything PySequence_Fast takes), or a
+ * buffer of native integers read in place. */
+typedef struct {
+    PyObject *seq;     /* PySequence_Fast result; NULL when `buf` is used */
+    PyObject **items;
+    Py_buffer buf;
+    int is_signed;
+    Py_ssize_t itemsize;
+    Py_ssize_t n;
+} ids_t;
+
+/* The integer kind of a buffer format ("q", "@l", "<I", ...); 0 if not a native integer. */
+static int int_format(const char *fmt, int *is_signed) {
+    if (fmt == NULL) return 0;
+    if (*fmt == '@' || *fmt == '=') {
+        fmt++;
+    } else if (*fmt == '<' || *fmt == '>' || *fmt == '!') {
+        const uint16_t probe = 1;
+        int little = *(const unsigned char *)&probe == 1;
+        if ((*fmt == '<') != little) return 0; /* byte-swapped: the slow path */
+        fmt++;
+    }
+    if (fmt[0] == '\0' || fmt[1] != '\0' || strchr("bBhHiIlLqQnN", fmt[0]) == NULL) return 0;
+    *is_signed = fmt[0] >= 'a';
+    return 1;
+}
+
+static int ids_open(PyObject *obj, ids_t *ids) {
+    ids->seq = NULL;
+    if (!PyList_Check(obj) && !PyTuple_Check(obj) && PyObject_CheckBuffer(obj)) {
+        if (PyObject_GetBuffer(obj, &ids->buf, PyBUF_FORMAT | PyBUF_ND) == 0) {
+            Py_ssize_t size = ids->buf.itemsize;
+            if (ids->buf.ndim == 1 && int_format(ids->buf.format, &ids->is_signed)
+                && (size == 1 || size == 2 || size == 4 || size == 8)) {
+                ids->itemsize = size;
+                ids->n = ids->buf.shape[0];
+                return 0;
+            }
+            PyBuffer_Release(&ids->buf);
+        } else {
+            PyErr_Clear(); /* not contiguous, or no format: read it as a sequence */
+        }
+    }
+    ids->seq = PySequence_Fast(obj, "token ids must be a sequence of ints");
+    if (ids->seq == NULL) return -1;
+    ids->items = PySequence_Fast_ITEMS(ids->seq);
+    ids->n = PySequence_Fast_GET_SIZE(ids->seq);
+    return 0;
+}
+
+static void ids_close(ids_t *ids) {
+    if (ids->seq != NULL) {
+        Py_DECREF(ids->seq);
+    } else {
+        PyBuffer_Release(&ids->buf);
+    }
+}
+
+/* Buffer loops, one per integer type: a switch per token would cost as much as the
+ * compare. `BODY` sees `v`, the id as int64_t / uint64_t, already range-checked. */
+#define FOR_BUFFER_IDS(ids, start, stop, i, BODY)                                         \
+    do {                                                                                \
+        const void *base_ = (ids)->buf.buf;                                             \
+        switch ((ids)->itemsize * ((ids)->is_signed ? -1 : 1)) {                        \
+        case -8: BUFFER_LOOP(int64_t, 1, base_, start, stop, i, BODY); break;           \
+        case 8: BUFFER_LOOP(uint64_t, 0, base_, start, stop, i, BODY); break;           \
+        case -4: BUFFER_LOOP(int32_t, 1, base_, start, stop, i, BODY); break;           \
+        case 4: BUFFER_LOOP(uint32_t, 0, base_, start, stop, i, BODY); break;           \
+        case -2: BUFFER_LOOP(int16_t, 1, base_, start, stop, i, BODY); break;           \
+        case 2: BUFFER_LOOP(uint16_t, 0, base_, start, stop, i, BODY); break;           \
+        case -1: BUFFER_LOOP(int8_t, 1, base_, start, stop, i, BODY); break;            \
+        default: BUFFER_LOOP(uint8_t, 0, base_, start, stop, i, BODY); break;           \
+        }                                                                               \
+    } while (0)
+
+#define BUFFER_LOOP(T, SIGNED, base, start, stop, i, BODY)                                \
+    for (i = (start); i < (stop); i++) {                                                \
+        T raw_ = ((const T *)(base))[i];                                                \
+        if ((SIGNED && (int64_t)raw_ < 0) || (uint64_t)raw_ > 0xFFFFFFFFULL) {          \
+            out_of_range();                                                             \
+            break;                                                                      \
+        }                                                                               \
+        uint32_t v = (uint32_t)raw_;                                                    \
+        BODY                                                                            \
+    }
 
 /* Clamp [start, stop) to [0, n]. */
 static int range_of(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t first, Py_ssize_t n,
@@ -52,31 +160,38 @@ static PyObject *pack_u32(PyObject *self, PyObject *const *args, Py_ssize_t narg
         PyErr_SetString(PyExc_TypeError, "pack_u32(ids, start=0, stop=len(ids))");
         return NULL;
     }
-    PyObject *seq = PySequence_Fast(args[0], "token ids must be a sequence of ints");
-    if (seq == NULL) {
+    ids_t ids;
+    if (ids_open(args[0], &ids) < 0) {
         return NULL;
     }
-    Py_ssize_t start, stop;
+    Py_ssize_t start, stop, i;
     PyObject *out = NULL;
-    if (range_of(args, nargs, 1, PySequence_Fast_GET_SIZE(seq), &start, &stop) < 0) {
+    if (range_of(args, nargs, 1, ids.n, &start, &stop) < 0) {
         goto done;
     }
-    PyObject **items = PySequence_Fast_ITEMS(seq);
     out = PyBytes_FromStringAndSize(NULL, (stop - start) * (Py_ssize_t)sizeof(uint32_t));
     if (out == NULL) {
         goto done;
     }
     uint32_t *dst = (uint32_t *)PyBytes_AS_STRING(out);
-    for (Py_ssize_t i = start; i < stop; i++) {
-        int64_t v = token_id(items[i]);
-        if (v < 0) {
-            Py_CLEAR(out);
-            goto done;
+    if (ids.seq == NULL) {
+        if (!ids.is_signed && ids.itemsize == 4) {
+            memcpy(dst, (const uint32_t *)ids.buf.buf + start, (size_t)(stop - start) * 4);
+        } else {
+            FOR_BUFFER_IDS(&ids, start, stop, i, { dst[i - start] = v; });
         }
-        *dst++ = (uint32_t)v;
+    } else {
+        for (i = start; i < stop; i++) {
+            int64_t v = token_id(ids.items[i]);
+            if (v < 0) break;
+            dst[i - start] = (uint32_t)v;
+        }
+    }
+    if (PyErr_Occurred()) {
+        Py_CLEAR(out);
     }
 done:
-    Py_DECREF(seq);
+    ids_close(&ids);
     return out;
 }
 
@@ -87,14 +202,14 @@ static PyObject *common_prefix(PyObject *self, PyObject *const *args, Py_ssize_t
         PyErr_SetString(PyExc_TypeError, "common_prefix(ids, start, packed)");
         return NULL;
     }
-    PyObject *seq = PySequence_Fast(args[0], "token ids must be a sequence of ints");
-    if (seq == NULL) {
+    ids_t ids;
+    if (ids_open(args[0], &ids) < 0) {
         return NULL;
     }
     PyObject *result = NULL;
     Py_buffer buf;
-    Py_ssize_t start, stop;
-    if (range_of(args, 2, 1, PySequence_Fast_GET_SIZE(seq), &start, &stop) < 0) {
+    Py_ssize_t start, stop, i = 0;
+    if (range_of(args, 2, 1, ids.n, &start, &stop) < 0) {
         goto done;
     }
     if (PyObject_GetBuffer(args[2], &buf, PyBUF_SIMPLE) < 0) {
@@ -103,15 +218,15 @@ static PyObject *common_prefix(PyObject *self, PyObject *const *args, Py_ssize_t
     const uint32_t *packed = (const uint32_t *)buf.buf;
     Py_ssize_t n = buf.len / (Py_ssize_t)sizeof(uint32_t);
     if (n > stop - start) n = stop - start;
-    PyObject **items = PySequence_Fast_ITEMS(seq) + start;
-    Py_ssize_t i = 0;
-    for (; i < n; i++) {
-        int64_t v = token_id(items[i]);
-        if (v < 0) {
-            break;
-        }
-        if ((uint32_t)v != packed[i]) {
-            break;
+    if (ids.seq == NULL) {
+        Py_ssize_t j = 0;
+        FOR_BUFFER_IDS(&ids, start, start + n, j, { if (v != packed[j - start]) break; });
+        i = j - start;
+    } else {
+        PyObject **items = ids.items + start;
+        for (; i < n; i++) {
+            int64_t v = token_id(items[i]);
+            if (v < 0 || (uint32_t)v != packed[i]) break;
         }
     }
     PyBuffer_Release(&buf);
@@ -119,8 +234,45 @@ static PyObject *common_prefix(PyObject *self, PyObject *const *args, Py_ssize_t
         result = PyLong_FromSsize_t(i);
     }
 done:
-    Py_DECREF(seq);
+    ids_close(&ids);
     return result;
+}
+
+/* packed_common_prefix(a, start, b) -> how many tokens of packed a[start:] (start in
+ * tokens) equal packed b's, counted from the start up to the first difference. Both are
+ * packed already (a prompt packed once per request, a node's tokens), so this is a
+ * memcmp plus, on a mismatch, a scan for the first unequal word: ~0.1 ns per token,
+ * where reading an int64 prompt in place costs ~1 ns per token per tree. */
+static PyObject *packed_common_prefix(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "packed_common_prefix(a, start, b)");
+        return NULL;
+    }
+    Py_ssize_t start = PyLong_AsSsize_t(args[1]);
+    if (start == -1 && PyErr_Occurred()) return NULL;
+    if (start < 0) {
+        PyErr_SetString(PyExc_ValueError, "start must not be negative");
+        return NULL;
+    }
+    Py_buffer a, b;
+    if (PyObject_GetBuffer(args[0], &a, PyBUF_SIMPLE) < 0) return NULL;
+    if (PyObject_GetBuffer(args[2], &b, PyBUF_SIMPLE) < 0) {
+        PyBuffer_Release(&a);
+        return NULL;
+    }
+    Py_ssize_t na = a.len / (Py_ssize_t)sizeof(uint32_t) - start;
+    Py_ssize_t n = b.len / (Py_ssize_t)sizeof(uint32_t);
+    if (na < 0) na = 0;
+    if (n > na) n = na;
+    const uint32_t *x = (const uint32_t *)a.buf + start, *y = (const uint32_t *)b.buf;
+    Py_ssize_t i = n;
+    if (n > 0 && memcmp(x, y, (size_t)n * sizeof(uint32_t)) != 0) {
+        for (i = 0; i < n && x[i] == y[i]; i++) {
+        }
+    }
+    PyBuffer_Release(&a);
+    PyBuffer_Release(&b);
+    return PyLong_FromSsize_t(i);
 }
 
 /* spread(levels, n) -> list of n ints. `levels` holds disjoint (mask, value) pairs, each
@@ -178,6 +330,8 @@ static PyMethodDef methods[] = {
      "pack_u32(ids, start=0, stop=len(ids)) -> bytes of native uint32, 4 per id"},
     {"common_prefix", (PyCFunction)(void (*)(void))common_prefix, METH_FASTCALL,
      "common_prefix(ids, start, packed) -> leading tokens of ids[start:] equal to packed"},
+    {"packed_common_prefix", (PyCFunction)(void (*)(void))packed_common_prefix, METH_FASTCALL,
+     "packed_common_prefix(a, start, b) -> leading tokens of packed a[start:] equal to packed b"},
     {"spread", (PyCFunction)(void (*)(void))spread, METH_FASTCALL,
      "spread(levels: list[(mask_bytes_le, value)], n) -> per-worker values"},
     {NULL, NULL, 0, NULL},

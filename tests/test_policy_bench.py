@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import random
+
+import pytest
 
 from sglang_ext.bench.__main__ import SUBCOMMANDS, main
 from sglang_ext.bench.policies import BenchConfig, make_stream, run_all
-from sglang_ext.core.policies import POLICIES
+from sglang_ext.core.policies import POLICIES, Request
+from sglang_ext.core.router import Router, RouterConfig
 
 TINY = BenchConfig(workers=(2, 4), rates_rps=(64.0,), requests=120, window=50, workloads=3,
                    prefix_tokens=200, inflight=16)
@@ -46,3 +50,55 @@ def test_cli_rejects_unknown_policy(tmp_path):
 
 def test_dispatcher_is_a_table():
     assert "policies" in SUBCOMMANDS
+
+
+def _loads_tuple(router):
+    return [(ld.requests, ld.queued_requests, ld.queued_prefill_tokens, ld.pending_decode_tokens,
+             ld.kv_tokens_used, ld.kv_tokens_committed, ld.kv_capacity_tokens, ld.alive)
+            for ld in router.ledger.loads]
+
+
+@pytest.mark.parametrize("exact", [False, True])
+def test_incremental_kv_refresh_equals_a_full_refresh(exact):
+    """The router re-derives KV figures and load columns only for workers whose ledger,
+    mirror or in-flight union changed; a full pass over every worker must find nothing
+    left to change, whatever happened in between (feedback, late predictions, expiry,
+    a worker going down, KV events behind the router's back)."""
+    from array import array
+
+    from sglang_ext.core.policies.base import LoadColumns
+
+    stream = make_stream(TINY)
+    rng = random.Random(5)
+    router = Router(RouterConfig(policy="prefix_length_aware", num_workers=6, page_size=1,
+                                 kv_capacity_tokens=3000, exact_mirror=exact, ledger_expiry_s=0.5))
+    hashes = iter(range(1, 10**9))
+    for i, request in enumerate(stream):
+        now = i / 64
+        request = Request(request.rid, array("q", request.input_ids), request.max_new_tokens)
+        router.route(request, now)
+        router.refresh_kv_figures()
+        before = _loads_tuple(router)
+        for w in range(6):
+            router._refresh_kv(w)
+        assert _loads_tuple(router) == before
+        full = LoadColumns.from_loads(router.ledger.loads)
+        for name in LoadColumns.__slots__:
+            assert getattr(router.columns, name).tolist() == getattr(full, name).tolist(), name
+        # Things that change loads or trees between decisions.
+        if i >= 4:
+            router.prefill_done(stream[i - 4].rid, now)
+        if i >= 12 and rng.random() < 0.8:
+            router.finished(stream[i - 12].rid, 10, now)
+        if rng.random() < 0.2:
+            router.update_expected_output(stream[max(0, i - 2)].rid, rng.randrange(500))
+        if rng.random() < 0.05:
+            router.expire(now)
+        if rng.random() < 0.03:
+            w = rng.randrange(6)
+            router.set_alive(w, not router.ledger.loads[w].alive, now)
+            if not any(ld.alive for ld in router.ledger.loads):
+                router.set_alive(w, True, now)
+        if exact and rng.random() < 0.3:
+            ids = request.input_ids[: rng.randrange(1, 50)]
+            router.tree.apply_stored(rng.randrange(6), [next(hashes) for _ in ids], None, list(ids))

@@ -4,15 +4,18 @@ the mirror gives the same answers on either."""
 from __future__ import annotations
 
 import random
+from array import array
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sglang_ext.core import global_tree, token_bytes
 from sglang_ext.core.global_tree import GlobalTree
-from sglang_ext.core.token_bytes import (_common_prefix_array, _pack_array, _spread_python, common_prefix,
-                                    pack, spread, unpack)
+from sglang_ext.core.token_bytes import (_common_prefix_array, _pack_array, _packed_common_prefix_python,
+                                         _spread_python, common_prefix, pack, packed_common_prefix, spread,
+                                         unpack)
 
 ids_lists = st.lists(st.integers(0, 2**32 - 1), max_size=40)
 
@@ -80,3 +83,63 @@ def test_the_mirror_answers_the_same_on_the_fallbacks(monkeypatch):
     monkeypatch.setattr(global_tree, "common_prefix", _common_prefix_array)
     monkeypatch.setattr(global_tree, "spread", _spread_python)
     assert [build().match(p) for p in probes] == compiled
+    monkeypatch.setattr(global_tree, "packed_common_prefix", _packed_common_prefix_python)
+    assert [build().match_packed(_pack_array(p)) for p in probes] == compiled
+
+
+# Forms SGLang and hosts hand us: SGLang 0.5.23's `input_ids` is array('q'); numpy arrays
+# of several widths, and ones the buffer path cannot read in place (byte-swapped,
+# strided), which go through the sequence path and must give the same answers.
+FORMS = {
+    "list": list, "tuple": tuple,
+    "array q": lambda ids: array("q", ids), "array Q": lambda ids: array("Q", ids),
+    "array I": lambda ids: array("I", ids), "array L": lambda ids: array("L", ids),
+    "numpy int64": lambda ids: np.array(ids, dtype=np.int64),
+    "numpy uint32": lambda ids: np.array(ids, dtype=np.uint32),
+    "numpy >i8": lambda ids: np.array(ids, dtype=">i8"),
+    "numpy strided": lambda ids: np.repeat(np.array(ids, dtype=np.int64), 2)[::2],
+}
+
+
+@pytest.mark.parametrize("form", FORMS)
+@settings(max_examples=100, deadline=None)
+@given(ids_lists, ids_lists, st.integers(0, 45), st.integers(0, 45))
+def test_every_input_form_gives_the_list_answers(form, a, b, start, stop):
+    make = FORMS[form]
+    assert pack(make(a)) == pack(a)
+    assert pack(make(a), start, stop) == pack(a, start, stop)
+    assert common_prefix(make(a), start, pack(b)) == common_prefix(a, start, pack(b))
+
+
+@pytest.mark.parametrize("bad", [array("q", [1, -1]), array("q", [1, 2**32]), np.array([1, -3]),
+                                 np.array([1.0, 2.0]), array("d", [1.0])])
+def test_non_token_ids_in_buffers_are_refused(bad):
+    with pytest.raises((OverflowError, TypeError)):
+        pack(bad)
+    with pytest.raises((OverflowError, TypeError)):
+        common_prefix(bad, 0, pack([1, 5]))
+
+
+def test_common_prefix_stops_before_a_bad_id_past_the_difference():
+    # Same contract as for lists: only ids up to the first difference are read.
+    assert common_prefix(array("q", [1, 2, -1]), 0, pack([1, 3])) == 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(ids_lists, ids_lists, st.integers(0, 45))
+def test_packed_common_prefix_matches_fallback_and_common_prefix(a, b, start):
+    got = packed_common_prefix(pack(a), start, pack(b))
+    assert got == _packed_common_prefix_python(pack(a), start, pack(b))
+    assert got == common_prefix(a, start, pack(b))
+
+
+def test_match_on_array_q_and_packed_equals_match_on_list():
+    rng = random.Random(1)
+    tree = GlobalTree(130, page_size=4)
+    prompts = [[rng.randrange(30) for _ in range(rng.randrange(4, 300))] for _ in range(200)]
+    for i, p in enumerate(prompts):
+        tree.insert_approximate(i % 130, array("q", p), capacity_tokens=2000)
+    for p in prompts + [p[: len(p) // 2] + [99] for p in prompts]:
+        expected = tree.match(p)
+        assert tree.match(array("q", p)) == expected
+        assert tree.match_packed(pack(array("q", p))) == expected

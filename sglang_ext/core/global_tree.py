@@ -47,7 +47,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from itertools import repeat
 
-from .token_bytes import TOKEN_BYTES, common_prefix, pack, spread, unpack
+from .token_bytes import TOKEN_BYTES, common_prefix, pack, packed_common_prefix, spread, unpack
 
 
 class _Node:
@@ -74,6 +74,9 @@ class GlobalTree:
         self._page_bytes = page_size * TOKEN_BYTES
         self._by_hash: dict[int, _Node] = {}
         self._tokens_held = [0] * num_workers
+        # Workers whose `tokens_held` changed since the host last took the mask
+        # (`take_held_changed`): the router refreshes only their KV figures per decision.
+        self.held_changed = 0
         # Workers whose mirror may be missing events (a sequence gap); see `mark_uncertain`.
         self.uncertain_mask = 0
         # Approximate mode only: per-worker LRU of held nodes, oldest first.
@@ -89,7 +92,9 @@ class GlobalTree:
         One walk down the tree: a worker leaves the walk at the first node it does not
         hold, so it matched everything before that node (a holder holds all of a node).
         """
-        ids = input_ids if isinstance(input_ids, (list, tuple)) else list(input_ids)
+        # Read as given: a list, or SGLang's array('q') through the buffer protocol
+        # (`token_bytes`); a copy into a list cost more than the whole match.
+        ids = input_ids
         page = self.page_size
         alive = self._all_workers  # workers that hold every node walked so far
         node, pos, last = self.root, 0, len(ids) - page
@@ -112,8 +117,40 @@ class GlobalTree:
         levels.append((alive, pos))
         return spread(levels, self.num_workers)
 
+    def match_packed(self, data: bytes | bytearray) -> list[int]:
+        """`match` on a prompt already packed (`token_bytes.pack`): the host packs a
+        request once and matches it against several trees (the mirror, the in-flight
+        union) with memcmp, instead of reading the ids once per tree."""
+        page, tb = self.page_size, TOKEN_BYTES
+        pb = self._page_bytes
+        alive = self._all_workers
+        node, pos, last = self.root, 0, len(data) // tb - page
+        levels: list[tuple[int, int]] = []
+        while alive and pos <= last:
+            child = node.children.get(data[pos * tb : pos * tb + pb])
+            if child is None:
+                break
+            length = len(child.tokens) // tb
+            common = packed_common_prefix(data, pos, child.tokens)
+            common -= common % page
+            still = alive & child.holders
+            if still != alive:
+                levels.append((alive ^ still, pos))
+                alive = still
+            pos += common
+            if common < length:
+                break
+            node = child
+        levels.append((alive, pos))
+        return spread(levels, self.num_workers)
+
     def tokens_held(self, worker: int) -> int:
         return self._tokens_held[worker]
+
+    def take_held_changed(self) -> int:
+        """The bitmask of workers whose `tokens_held` changed since the last call; resets it."""
+        mask, self.held_changed = self.held_changed, 0
+        return mask
 
     def node_token_ids(self, node: _Node) -> list[int]:
         """A node's tokens as ids (for tests and debugging)."""
@@ -159,6 +196,7 @@ class GlobalTree:
                 for h in block_hashes:
                     by_hash[h] = node
                 self._tokens_held[worker] += len(block_hashes) * page
+                self.held_changed |= 1 << worker
                 return
             cut = self._page_index(node, parent_hash) + 1
             if cut < len(node.hashes):
@@ -193,6 +231,7 @@ class GlobalTree:
                     by_hash.pop(h, None)
                 del node_hashes[start:]
                 self._tokens_held[worker] -= run * self.page_size
+                self.held_changed |= 1 << worker
             elif node.holders & bit:
                 # Splitting a node the worker does not hold would only fragment the
                 # tree, so only held runs are cut out.
@@ -244,10 +283,15 @@ class GlobalTree:
     def insert_approximate(self, worker: int, input_ids: Sequence[int], capacity_tokens: int) -> None:
         """Record that `worker` will cache `input_ids` (page-aligned), then evict LRU
         nodes of that worker until it holds at most `capacity_tokens`."""
-        whole = len(input_ids) // self.page_size * self.page_size
-        if whole:
-            data = pack(input_ids[:whole])
-            path = self._insert_under(self.root, worker, data, [None] * (whole // self.page_size))
+        self.insert_approximate_packed(worker, pack(input_ids), capacity_tokens)
+
+    def insert_approximate_packed(self, worker: int, data: bytes, capacity_tokens: int) -> None:
+        """`insert_approximate` of a prompt already packed (`token_bytes.pack`)."""
+        pages = len(data) // self._page_bytes
+        if pages:
+            if len(data) != pages * self._page_bytes:
+                data = data[: pages * self._page_bytes]  # page-aligned part only
+            path = self._insert_under(self.root, worker, data, [None] * pages)
             self._touch(worker, path)
         # Evict even when nothing was inserted: the capacity may have shrunk.
         self._evict_lru(worker, capacity_tokens)
@@ -337,6 +381,7 @@ class GlobalTree:
         if not node.holders & bit:
             node.holders |= bit
             self._tokens_held[worker] += len(node.tokens) // TOKEN_BYTES
+            self.held_changed |= 1 << worker
 
     @staticmethod
     def _page_index(node: _Node, page_hash: int) -> int:
@@ -359,6 +404,7 @@ class GlobalTree:
             node.holders &= ~bit
             self._lru[worker].pop(node, None)
             self._tokens_held[worker] -= len(node.tokens) // TOKEN_BYTES
+            self.held_changed |= 1 << worker
         return self._prune(node)
 
     def _prune(self, node: _Node) -> _Node:
@@ -437,6 +483,7 @@ class GlobalTree:
                     node.hashes += hashes[pos // pb :]
                     self._by_hash.update(zip(hashes[pos // pb :], repeat(node)))
                     self._tokens_held[worker] += (len(data) - pos) // TOKEN_BYTES
+                    self.held_changed |= 1 << worker
                     break
                 child = _Node(bytearray(data[pos:]), hashes[pos // pb :] if pos else hashes, node)
                 node.children[key] = child

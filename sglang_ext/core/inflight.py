@@ -28,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from sglang_ext.core.global_tree import GlobalTree
+from sglang_ext.core.token_bytes import pack
 
 MIN_STALE_BEFORE_REBUILD = 8
 _NO_LIMIT = 1 << 62  # the union is bounded by what is in flight, not by a capacity
@@ -36,15 +37,18 @@ _NO_LIMIT = 1 << 62  # the union is bounded by what is in flight, not by a capac
 class InflightPrefixes:
     def __init__(self, num_workers: int, page_size: int = 1):
         self.tree = GlobalTree(num_workers, page_size)
-        self._prompts: list[dict[str, Sequence[int]]] = [{} for _ in range(num_workers)]
+        # Live prompts packed (4 bytes per token; SGLang's array('q') holds 8).
+        self._prompts: list[dict[str, bytes]] = [{} for _ in range(num_workers)]
         self._stale = [0] * num_workers
         self.rebuilds = 0
 
-    def add(self, rid: str, worker: int, input_ids: Sequence[int]) -> None:
-        """`rid` (prompt `input_ids`) was sent to `worker`. Raises OverflowError or
-        TypeError when the prompt is not token ids (nothing is recorded then)."""
-        self.tree.insert_approximate(worker, input_ids, _NO_LIMIT)
-        self._prompts[worker][rid] = input_ids
+    def add(self, rid: str, worker: int, input_ids: Sequence[int], packed: bytes | None = None) -> None:
+        """`rid` (prompt `input_ids`, or the same already `packed`) was sent to `worker`.
+        Raises OverflowError or TypeError when the prompt is not token ids (nothing is
+        recorded then)."""
+        data = pack(input_ids) if packed is None else packed
+        self.tree.insert_approximate_packed(worker, data, _NO_LIMIT)
+        self._prompts[worker][rid] = data
 
     def remove(self, rid: str, worker: int) -> None:
         """`rid` left `worker` (finished, expired, or the worker is gone)."""
@@ -69,9 +73,17 @@ class InflightPrefixes:
         prompts (page-aligned)."""
         return self.tree.match(input_ids)
 
+    def match_packed(self, data: bytes) -> list[int]:
+        """`match` of a prompt already packed (`token_bytes.pack`)."""
+        return self.tree.match_packed(data)
+
     def tokens(self, worker: int) -> int:
         """Distinct prompt tokens in flight on `worker` (plus stale ones, see module)."""
         return self.tree.tokens_held(worker)
+
+    def take_changed(self) -> int:
+        """Bitmask of workers whose `tokens` changed since the last call (see `GlobalTree`)."""
+        return self.tree.take_held_changed()
 
     def requests(self, worker: int) -> int:
         return len(self._prompts[worker])
@@ -79,6 +91,6 @@ class InflightPrefixes:
     def _rebuild(self, worker: int) -> None:
         self.rebuilds += 1
         self.tree.apply_cleared(worker)
-        for input_ids in self._prompts[worker].values():
-            self.tree.insert_approximate(worker, input_ids, _NO_LIMIT)
+        for data in self._prompts[worker].values():
+            self.tree.insert_approximate_packed(worker, data, _NO_LIMIT)
         self._stale[worker] = 0

@@ -57,6 +57,14 @@ class LoadLedger:
         self.expiry_s = expiry_s
         self._entries: dict[str, _Entry] = {}  # insertion order = dispatch order
         self.expired = 0
+        # Workers whose `WorkerLoad` changed since the host last took the mask
+        # (`take_changed`): the router re-derives only their figures per decision.
+        self.changed = 0
+
+    def take_changed(self) -> int:
+        """The bitmask of workers whose load changed since the last call; resets it."""
+        mask, self.changed = self.changed, 0
+        return mask
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -76,6 +84,7 @@ class LoadLedger:
         entry = _Entry(worker, prompt_tokens, max(0, prompt_tokens - cached_tokens),
                        max(0, expected_output_tokens), now_s)
         self._entries[rid] = entry
+        self.changed |= 1 << worker
         load = self.loads[worker]
         load.requests += 1
         load.queued_requests += 1
@@ -92,6 +101,7 @@ class LoadLedger:
         if entry is None or entry.prefilled:
             return False
         entry.prefilled = True
+        self.changed |= 1 << entry.worker
         load = self.loads[entry.worker]
         load.queued_requests -= 1
         load.queued_prefill_tokens -= entry.uncached_tokens
@@ -113,6 +123,7 @@ class LoadLedger:
         if entry is None:
             return False
         new = max(0, output_tokens)
+        self.changed |= 1 << entry.worker
         self.loads[entry.worker].pending_decode_tokens += new - entry.expected_output_tokens
         entry.expected_output_tokens = new
         return True
@@ -160,9 +171,11 @@ class LoadLedger:
 
     def set_alive(self, worker: int, alive: bool) -> None:
         self.loads[worker].alive = alive
+        self.changed |= 1 << worker
 
     def _remove(self, rid: str) -> None:
         entry = self._entries.pop(rid)
+        self.changed |= 1 << entry.worker
         load = self.loads[entry.worker]
         load.requests -= 1
         load.pending_decode_tokens -= entry.expected_output_tokens

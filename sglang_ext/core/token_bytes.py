@@ -10,6 +10,10 @@ results, several times slower on long prompts).
 - `common_prefix(ids, start, packed) -> int`: how many tokens of ids[start:] equal the
   packed tokens, counted up to the first difference.
 
+- `packed_common_prefix(a, start, b) -> int`: how many tokens of packed a[start:]
+  (`start` in tokens) equal packed b's, up to the first difference (a memcmp: a
+  prompt packed once per request is then matched against several trees cheaply).
+
 - `spread(levels, n) -> list[int]`: `levels` are disjoint (worker bitmask, value) pairs;
   item w is the value of the level whose mask has bit w, else 0.
 
@@ -44,6 +48,19 @@ def _common_prefix_array(ids: Sequence[int], start: int, packed: bytes | bytearr
     return lo
 
 
+def _packed_common_prefix_python(a: bytes | bytearray, start: int, b: bytes | bytearray) -> int:
+    off = start * TOKEN_BYTES
+    n = max(0, min(len(a) - off, len(b))) // TOKEN_BYTES
+    lo, hi = 0, n  # invariant: the first `lo` tokens are equal
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[off + lo * TOKEN_BYTES : off + mid * TOKEN_BYTES] == b[lo * TOKEN_BYTES : mid * TOKEN_BYTES]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
 def _spread_python(levels: list[tuple[int, int]], n: int) -> list[int]:
     out = [0] * n
     for mask, value in levels:
@@ -55,7 +72,7 @@ def _spread_python(levels: list[tuple[int, int]], n: int) -> list[int]:
 
 
 try:
-    from sglang_ext._tokens import common_prefix, pack_u32 as pack, spread as _spread_bytes
+    from sglang_ext._tokens import common_prefix, packed_common_prefix, pack_u32 as pack, spread as _spread_bytes
     COMPILED = True
 
     def spread(levels: list[tuple[int, int]], n: int) -> list[int]:
@@ -64,6 +81,7 @@ try:
 
 except ImportError:  # built without a C compiler
     pack, common_prefix, spread = _pack_array, _common_prefix_array, _spread_python
+    packed_common_prefix = _packed_common_prefix_python
     COMPILED = False
 
 

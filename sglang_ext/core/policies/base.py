@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import ClassVar
 
+import numpy as np
+
 
 class LengthSource(str, Enum):
     """Where a policy reads a request's expected decode length from."""
@@ -58,6 +60,46 @@ class WorkerLoad:
     kv_tokens_committed: int = 0
     kv_capacity_tokens: int = 1  # the worker's KV capacity (max_total_num_tokens)
     alive: bool = True
+
+
+_COLUMN_FIELDS = ("requests", "queued_requests", "queued_prefill_tokens", "pending_decode_tokens",
+                  "kv_tokens_used", "kv_tokens_committed", "kv_capacity_tokens")
+
+
+class LoadColumns:
+    """The same figures as a list of `WorkerLoad`, one int64 numpy array per field (and a
+    bool array `alive`), so a policy can score every worker in a few vector operations:
+    a Python loop over 128 workers cost ~50 us per decision, half the decision budget.
+
+    The router keeps one in step with the ledger's `WorkerLoad`s, re-copying only the
+    workers that changed since the last decision (`Router.refresh_kv_figures`); for a
+    hand-built view, `ClusterView.load_columns` builds one from the loads.
+    """
+
+    __slots__ = _COLUMN_FIELDS + ("alive",)
+
+    def __init__(self, num_workers: int):
+        for name in _COLUMN_FIELDS:
+            setattr(self, name, np.zeros(num_workers, dtype=np.int64))
+        self.alive = np.ones(num_workers, dtype=bool)
+
+    @classmethod
+    def from_loads(cls, loads: Sequence[WorkerLoad]) -> LoadColumns:
+        out = cls(len(loads))
+        for w, load in enumerate(loads):
+            out.sync(w, load)
+        return out
+
+    def sync(self, worker: int, load: WorkerLoad) -> None:
+        """Copy one worker's figures in."""
+        self.requests[worker] = load.requests
+        self.queued_requests[worker] = load.queued_requests
+        self.queued_prefill_tokens[worker] = load.queued_prefill_tokens
+        self.pending_decode_tokens[worker] = load.pending_decode_tokens
+        self.kv_tokens_used[worker] = load.kv_tokens_used
+        self.kv_tokens_committed[worker] = load.kv_tokens_committed
+        self.kv_capacity_tokens[worker] = load.kv_capacity_tokens
+        self.alive[worker] = load.alive
 
 
 @dataclass(slots=True)
@@ -99,10 +141,18 @@ class ClusterView:
     page_size: int = 1
     evictable_tokens: Sequence[int] | None = None
     extra: dict = field(default_factory=dict)
+    # `loads` as arrays, when the host keeps them (the router does); else built on demand.
+    columns: LoadColumns | None = None
 
     @property
     def num_workers(self) -> int:
         return len(self.loads)
+
+    def load_columns(self) -> LoadColumns:
+        """`loads` as numpy arrays (see `LoadColumns`); read-only like the rest of the view."""
+        if self.columns is None:
+            self.columns = LoadColumns.from_loads(self.loads)
+        return self.columns
 
     def alive_workers(self) -> list[int]:
         return [w for w, load in enumerate(self.loads) if load.alive]
@@ -151,6 +201,35 @@ class Policy(ABC):
     def on_expired(self, rid: str, worker: int, now_s: float) -> None:
         """The host gave up on hearing that the request finished (a lost report); forget
         it without learning from it."""
+
+
+def lowest(costs: np.ndarray) -> list[int]:
+    """The indices holding the minimum of `costs`, ascending (usually one).
+
+    `argmin` on a slice, not `min()` / `flatnonzero(costs == min)`: numpy's reductions
+    cost 2-7 us each on 128 items, `argmin` under 0.5 us.
+    """
+    w = int(costs.argmin())
+    best = costs[w]
+    tail = costs[w + 1 :]
+    if not tail.size or tail[tail.argmin()] != best:
+        return [w]
+    return [w] + (w + 1 + np.flatnonzero(tail == best)).tolist()
+
+
+def all_alive(alive: np.ndarray) -> bool:
+    """True when every worker is alive (a bool array's `argmin` is its first False)."""
+    return bool(alive[alive.argmin()])
+
+
+def alive_only(key: np.ndarray, alive: np.ndarray) -> np.ndarray:
+    """`key` as float64 with dead workers at +inf (they never hold the minimum while a
+    worker lives); `key` itself when every worker is alive."""
+    if all_alive(alive):
+        return key
+    out = key.astype(np.float64)
+    out[~alive] = np.inf
+    return out
 
 
 def least_loaded(candidates: Sequence[int], key) -> int:

@@ -38,21 +38,29 @@ Selection: temperature 0 takes the lowest cost, ties broken uniformly at random 
 `self.rng` (as Dynamo breaks them randomly; seeded, so runs repeat). Temperature t > 0
 normalises the costs by their range and samples with probability proportional to
 exp(-cost / range / t), as Dynamo's `softmax_sample` does; equal costs sample uniformly.
-Dead workers never win. Cost: O(workers) on top of the host's prefix match.
+Dead workers never win. Cost: O(workers) on top of the host's prefix match, as numpy
+vector operations over the view's load columns.
 """
 
 from __future__ import annotations
 
 import math
 
-from sglang_ext.core.policies.base import ClusterView, Policy, PolicyConfig, Request
+import numpy as np
+
+from sglang_ext.core.policies.base import ClusterView, Policy, PolicyConfig, Request, all_alive, lowest
 
 DEFAULT_OVERLAP_WEIGHT = 1.0
 DEFAULT_TEMPERATURE = 0.0
 
 
-def _blocks(tokens: int, page: int) -> int:
-    return -(-tokens // page) if tokens > 0 else 0
+def _blocks(tokens: np.ndarray, page: int) -> np.ndarray:
+    """ceil(tokens / page) per worker, 0 where tokens <= 0."""
+    if page == 1:  # integer division is the slowest vector step; skip it when it is a no-op
+        return np.maximum(tokens, 0)
+    blocks = -(-tokens // page)
+    np.maximum(blocks, 0, out=blocks)
+    return blocks
 
 
 class KvCost(Policy):
@@ -76,34 +84,35 @@ class KvCost(Policy):
         self.temperature = temperature
         self.include_pending_decode = include_pending_decode
 
+    def cost_array(self, request: Request, view: ClusterView) -> np.ndarray:
+        """Each worker's cost in blocks as float64 (inf for dead ones), a few vector
+        operations over the view's load columns (a per-worker loop: ~90 us at 128)."""
+        page = max(1, view.page_size)
+        cols = view.load_columns()
+        uncached = request.prompt_tokens - np.asarray(view.cached_tokens, dtype=np.int64)
+        np.maximum(uncached, 0, out=uncached)
+        queued = cols.queued_prefill_tokens
+        prefill = _blocks(queued + uncached, page)
+        decode = _blocks(cols.kv_tokens_used + queued, page)
+        decode += _blocks(uncached, page)
+        if self.include_pending_decode:
+            decode += _blocks(cols.pending_decode_tokens, page)
+        cost = self.overlap_weight * prefill + decode
+        if not all_alive(cols.alive):
+            cost[~cols.alive] = math.inf
+        return cost
+
     def costs(self, request: Request, view: ClusterView) -> list[float]:
         """Each worker's cost in blocks (inf for dead ones); exposed for tests and reports."""
-        page = max(1, view.page_size)
-        prompt = request.prompt_tokens
-        weight = self.overlap_weight
-        pending = self.include_pending_decode
-        out = []
-        for w, load in enumerate(view.loads):
-            if not load.alive:
-                out.append(math.inf)
-                continue
-            uncached = max(0, prompt - view.cached_tokens[w])
-            prefill = _blocks(load.queued_prefill_tokens + uncached, page)
-            decode = (_blocks(load.kv_tokens_used + load.queued_prefill_tokens, page)
-                      + _blocks(uncached, page))
-            if pending:
-                decode += _blocks(load.pending_decode_tokens, page)
-            out.append(weight * prefill + decode)
-        return out
+        return self.cost_array(request, view).tolist()
 
     def choose(self, request: Request, view: ClusterView) -> int:
-        costs = self.costs(request, view)
-        alive = [w for w in range(len(costs)) if costs[w] != math.inf]
+        cost = self.cost_array(request, view)
         if self.temperature == 0.0:
-            best = min(costs[w] for w in alive)
-            ties = [w for w in alive if costs[w] == best]
+            ties = lowest(cost)  # dead workers are inf: never the lowest while one lives
             return ties[0] if len(ties) == 1 else self.rng.choice(ties)
-        return self._softmax_sample(costs, alive)
+        costs = cost.tolist()
+        return self._softmax_sample(costs, [w for w in range(len(costs)) if costs[w] != math.inf])
 
     def _softmax_sample(self, costs: list[float], alive: list[int]) -> int:
         values = [costs[w] for w in alive]

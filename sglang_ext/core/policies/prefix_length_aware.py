@@ -33,11 +33,16 @@ The policy also asks the host to hold a request whose prefix on its worker is st
 prefilled for another request (`holds_for_prefix`, see `sglang_ext/core/prefix_hold.py`).
 
 Ties go to the worker with fewer requests, then the lowest index. Cost: O(workers) on top
-of the host's prefix match; no history, no scan of the tree.
+of the host's prefix match, as a few numpy vector operations over the view's load columns
+(a Python loop over 128 workers cost ~50 us per decision); no history, no scan of the tree.
+The arithmetic is the same expression in the same order per worker, so the costs equal
+those of a per-worker loop exactly.
 """
 
+import numpy as np
+
 from sglang_ext.core.cost_model import DEFAULT_COST_MODEL, CostModel, load_cost_model
-from sglang_ext.core.policies.base import ClusterView, Policy, PolicyConfig, Request
+from sglang_ext.core.policies.base import ClusterView, Policy, PolicyConfig, Request, all_alive, lowest
 
 
 class PrefixLengthAware(Policy):
@@ -48,28 +53,40 @@ class PrefixLengthAware(Policy):
         super().__init__(config)
         self.cost = cost_model or config.cost_model or load_cost_model(DEFAULT_COST_MODEL)
 
-    def costs(self, request: Request, view: ClusterView) -> list[float]:
-        """The cost of each worker (inf for dead ones); exposed for tests and reports."""
-        prompt = request.prompt_tokens
+    def cost_array(self, request: Request, view: ClusterView) -> np.ndarray:
+        """Each worker's cost as float64 (inf for dead ones). In-place steps keep the
+        number of small-array operations (about 1 us each at 128 workers) low."""
+        cols = view.load_columns()
         out = request.expected_output_tokens(self.config.length_source)
         b1, b2 = self.cost.prefill_us_per_token, self.cost.decode_us_per_request
-        costs = []
-        for w, load in enumerate(view.loads):
-            if not load.alive:
-                costs.append(float("inf"))
-                continue
-            uncached = prompt - view.cached_tokens[w]
-            prefill = b1 * (load.queued_prefill_tokens + uncached * (1 + load.requests))
-            decode = 2.0 * b2 * min(load.pending_decode_tokens, load.requests * out)
-            overflow = load.kv_tokens_committed + uncached + out - load.kv_capacity_tokens
-            eviction = b1 * overflow if overflow > 0 else 0.0
-            costs.append(prefill + decode + eviction)
-        return costs
+        requests = cols.requests
+        uncached = request.prompt_tokens - np.asarray(view.cached_tokens, dtype=np.int64)
+        # prefill = b1 * (queued + uncached * (1 + requests))
+        work = requests + 1
+        work *= uncached
+        work += cols.queued_prefill_tokens
+        cost = work * b1
+        # decode = 2 b2 * min(pending decode, requests * L)
+        overlap = requests * out
+        np.minimum(overlap, cols.pending_decode_tokens, out=overlap)
+        cost += overlap * (2.0 * b2)
+        # eviction = b1 * max(0, committed + uncached + L - capacity)
+        overflow = cols.kv_tokens_committed - cols.kv_capacity_tokens
+        overflow += uncached
+        overflow += out
+        np.maximum(overflow, 0, out=overflow)
+        cost += overflow * b1
+        if not all_alive(cols.alive):
+            cost[~cols.alive] = np.inf
+        return cost
+
+    def costs(self, request: Request, view: ClusterView) -> list[float]:
+        """The cost of each worker (inf for dead ones); exposed for tests and reports."""
+        return self.cost_array(request, view).tolist()
 
     def choose(self, request: Request, view: ClusterView) -> int:
-        costs = self.costs(request, view)
-        loads = view.loads
-        return min(
-            (w for w in range(len(costs)) if loads[w].alive),
-            key=lambda w: (costs[w], loads[w].requests, w),
-        )
+        best = lowest(self.cost_array(request, view))
+        if len(best) == 1:
+            return best[0]
+        requests = view.load_columns().requests
+        return min(best, key=lambda w: (requests[w], w))

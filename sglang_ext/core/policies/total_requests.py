@@ -6,7 +6,7 @@ refresh. Our ledger's `requests` is that count kept exactly (dispatch +1, comple
 so the rule is the same without the 20 ms staleness. Ties: lowest index, as `list.index(min)`.
 """
 
-from sglang_ext.core.policies.base import ClusterView, Policy, Request, least_loaded
+from sglang_ext.core.policies.base import ClusterView, Policy, Request, alive_only
 
 
 class TotalRequests(Policy):
@@ -14,5 +14,6 @@ class TotalRequests(Policy):
     uses_prefix_match = False
 
     def choose(self, request: Request, view: ClusterView) -> int:
-        loads = view.loads
-        return least_loaded(view.alive_workers(), lambda w: loads[w].requests)
+        cols = view.load_columns()
+        # argmin returns the first minimum: the lowest index among ties.
+        return int(alive_only(cols.requests, cols.alive).argmin())

@@ -7,7 +7,7 @@ the prompt tokens still queued for prefill, both from the exact ledger. Like the
 rule it ignores the prefix cache.
 """
 
-from sglang_ext.core.policies.base import ClusterView, Policy, Request, least_loaded
+from sglang_ext.core.policies.base import ClusterView, Policy, Request, alive_only, lowest
 
 
 class TotalTokens(Policy):
@@ -15,8 +15,10 @@ class TotalTokens(Policy):
     uses_prefix_match = False
 
     def choose(self, request: Request, view: ClusterView) -> int:
-        loads = view.loads
-        return least_loaded(
-            view.alive_workers(),
-            lambda w: (loads[w].kv_tokens_used + loads[w].queued_prefill_tokens, loads[w].requests),
-        )
+        cols = view.load_columns()
+        tokens = alive_only(cols.kv_tokens_used + cols.queued_prefill_tokens, cols.alive)
+        ties = lowest(tokens)
+        if len(ties) == 1:
+            return ties[0]
+        requests = cols.requests
+        return min(ties, key=lambda w: (requests[w], w))
