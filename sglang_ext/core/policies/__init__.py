@@ -17,6 +17,7 @@ from sglang_ext.core.policies.base import (
 )
 from sglang_ext.core.policies.cache_aware import CacheAware
 from sglang_ext.core.policies.kv_cost import KvCost
+from sglang_ext.core.policies.lmetric import LMetric
 from sglang_ext.core.policies.preble import Preble
 from sglang_ext.core.policies.prefix_length_aware import PrefixLengthAware
 from sglang_ext.core.policies.round_robin import RoundRobin
@@ -28,7 +29,7 @@ STOCK_METHODS = ("round_robin", "total_requests", "total_tokens")
 
 POLICIES: dict[str, type[Policy]] = {
     cls.name: cls for cls in (RoundRobin, TotalRequests, TotalTokens, PrefixLengthAware,
-                              CacheAware, KvCost, Preble)
+                              CacheAware, KvCost, LMetric, Preble)
 }
 
 
