@@ -40,8 +40,54 @@ def test_cli_writes_json(tmp_path, capsys):
     assert rc == 0
     payload = json.loads(out.read_text())
     assert payload["config"]["workers"] == [2]
-    assert [r["policy"] for r in payload["results"]] == ["round_robin", "preble"]
+    # Both prompt types side by side, per policy: lists and SGLang's array('q').
+    assert [(r["policy"], r["input"]) for r in payload["results"]] == [
+        ("round_robin", "list"), ("round_robin", "array"), ("preble", "list"), ("preble", "array")]
     assert "preble" in capsys.readouterr().out
+
+
+def test_array_input_reaches_the_router_as_array_q(monkeypatch):
+    from array import array
+
+    seen = []
+    original = Router.route
+
+    def spy(self, request, now_s):
+        seen.append(type(request.input_ids))
+        return original(self, request, now_s)
+
+    monkeypatch.setattr(Router, "route", spy)
+    run_all(BenchConfig(policies=("round_robin",), workers=(2,), rates_rps=(64.0,), requests=20,
+                        window=10, workloads=2, prefix_tokens=50, inputs=("array", "list")),
+            log=lambda *_: None)
+    assert seen[:20] == [array] * 20 and seen[20:] == [list] * 20
+
+
+def test_seeds_give_medians_and_write_model_files_the_simulator_reads(tmp_path):
+    from cluster.decision_time import parse_decision_time
+
+    out, models = tmp_path / "b.json", tmp_path / "models"
+    rc = main(["policies", "--workers", "2,4", "--requests", "80", "--window", "20",
+               "--rates", "16,32", "--policies", "round_robin,lmetric", "--seeds", "0,1",
+               "--write-model", str(models), "--out", str(out)])
+    assert rc == 0
+    results = json.loads(out.read_text())["results"]
+    row = next(r for r in results if r["policy"] == "lmetric" and r["input"] == "array"
+               and r["workers"] == 4 and r["rate_rps"] == 32)
+    assert row["runs"] == 2 and len(row["per_run_cpu_p99_us"]) == 2
+    assert sorted({r["policy"] for r in results}) == ["lmetric", "round_robin"]
+    model = json.loads((models / "lmetric.json").read_text())
+    curve = model["curves"]["lmetric"]
+    assert curve["workers"] == [2, 4] and curve["mean_us"][1] == round(row["cpu_mean_us"], 3)
+    assert curve["history"]["factor"][-1] == 1.0 and len(curve["history"]["decisions"]) == 4
+    src = parse_decision_time(f"model:{models}")
+    assert src.seconds("lmetric", 4, curve["reference_decisions"], 0.0) == \
+        pytest.approx(row["cpu_mean_us"] * 1e-6, rel=1e-3)
+    assert src.seconds("round_robin", 2, 0, 0.0) > 0
+
+
+def test_cli_rejects_unknown_input(tmp_path):
+    assert main(["policies", "--inputs", "tensor", "--out", str(tmp_path / "x.json")]) == 2
 
 
 def test_cli_rejects_unknown_policy(tmp_path):
