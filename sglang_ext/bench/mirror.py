@@ -2,10 +2,13 @@
 
 What is measured, over synthetic but SGLang-shaped KV-event streams (seeded, deterministic):
 
-- decision path: `GlobalTree.match` on the request's prompt plus building the per-worker
-  view a policy decides on (uncertain workers zeroed, `ClusterView` over the ledger's
-  loads), timed per request with `time.perf_counter_ns`; p50/p99 in microseconds, per
-  number of workers, prompt length and tree size;
+- decision path: what `Router.cached_tokens` does on the mirror (pack the prompt once,
+  `GlobalTree.match_packed`) plus building the per-worker view a policy decides on
+  (uncertain workers zeroed, `ClusterView` over the ledger's loads), timed per request
+  with `time.perf_counter_ns`; p50/p99 in microseconds, per number of workers, prompt
+  length and tree size, for each prompt type side by side (`--inputs`): `array`, i.e.
+  `array('q')`, which is what SGLang 0.5.23 hands the controller (DESIGN.md 7.5), and
+  `list`, what tests and the simulator pass;
 - event application: pages per second for `BlockStored` and `BlockRemoved`, in two
   shapes: one event per radix node (SGLang 0.5.23 emits one event per page but its
   queue coalesces consecutive chained stores, and consecutive removals, into one event,
@@ -46,6 +49,7 @@ import statistics
 import sys
 import time
 import tracemalloc
+from array import array
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -53,6 +57,7 @@ import numpy as np
 from sglang_ext.core.global_tree import GlobalTree
 from sglang_ext.core.ledger import LoadLedger
 from sglang_ext.core.policies.base import ClusterView
+from sglang_ext.core.token_bytes import pack
 
 VOCAB = 32_000
 TARGET_P99_US = 100.0
@@ -73,6 +78,7 @@ class MirrorBenchConfig:
     system_prompts: int = 32
     memory_tree_tokens: int = 1_000_000
     seed: int = 0
+    inputs: tuple[str, ...] = ("list", "array")  # array: array('q'), as SGLang sends
 
 
 # ------------------------------------------------------------------ the workload
@@ -276,10 +282,23 @@ def make_probes(corpus: _Corpus, prompt_tokens: int, n: int, seed: int) -> list[
 # ---------------------------------------------------------------- measurements
 
 
-def decision_view(tree: GlobalTree, ledger: LoadLedger, input_ids: list[int], now_s: float,
+INPUTS = ("list", "array")
+
+
+def as_input(probes: list[list[int]], kind: str) -> list:
+    """Probes as `kind`: `list`, or `array` (array('q'), SGLang's type)."""
+    if kind == "list":
+        return probes
+    if kind == "array":
+        return [array("q", p) for p in probes]
+    raise ValueError(f"unknown input {kind!r}; valid: {', '.join(INPUTS)}")
+
+
+def decision_view(tree: GlobalTree, ledger: LoadLedger, input_ids, now_s: float,
                   page: int) -> ClusterView:
-    """What a host does per request before its policy runs (as `Router.cached_tokens`)."""
-    cached = tree.match(input_ids)
+    """What a host does per request before its policy runs (as `Router.cached_tokens`:
+    the prompt packed once, then matched on the packed bytes)."""
+    cached = tree.match_packed(pack(input_ids))
     mask = tree.uncertain_mask
     if mask:
         for w in range(len(cached)):
@@ -288,7 +307,7 @@ def decision_view(tree: GlobalTree, ledger: LoadLedger, input_ids: list[int], no
     return ClusterView(now_s, cached, ledger.loads, page)
 
 
-def time_decisions(tree: GlobalTree, ledger: LoadLedger, probes: list[list[int]], count: int,
+def time_decisions(tree: GlobalTree, ledger: LoadLedger, probes: list, count: int,
                    seed: int) -> dict[str, float]:
     """p50/p99/mean microseconds of `count` decisions over shuffled probes, by wall clock
     and by this thread's CPU clock (the CPU clock leaves out time the thread spent
@@ -319,7 +338,8 @@ def bench_tree_size(cfg: MirrorBenchConfig, page: int, tree_tokens: int, workers
                     probes_n: int, per_page_rates: bool, log) -> tuple[list[dict], list[dict]]:
     t0 = time.perf_counter()
     corpus = make_corpus(tree_tokens, page, cfg.system_prompts, cfg.seed)
-    probe_sets = {L: make_probes(corpus, L, min(probes_n, 256), cfg.seed) for L in prompts}
+    probe_sets = {(L, kind): as_input(make_probes(corpus, L, min(probes_n, 256), cfg.seed), kind)
+                  for L in prompts for kind in cfg.inputs}
     log(f"  corpus page={page} {corpus.distinct_tokens:,} tokens, "
         f"{len(corpus.conversations):,} conversations ({time.perf_counter() - t0:.1f} s)")
     decisions, events = [], []
@@ -337,16 +357,17 @@ def bench_tree_size(cfg: MirrorBenchConfig, page: int, tree_tokens: int, workers
         events.append(_event_row("BlockStored", "per node", page, workers, tree_tokens, len(stores), measured))
         nodes = tree.num_nodes()
         for L in prompts:
-            runs = [time_decisions(tree, ledger, probe_sets[L], probes_n, cfg.seed + r)
-                    for r in range(cfg.repeats)]
-            row = {"page_size": page, "workers": workers, "prompt_tokens": L,
-                   "tree_tokens": tree_tokens, "distinct_tokens": corpus.distinct_tokens,
-                   "held_tokens": held, "nodes": nodes, "decisions": probes_n, "repeats": cfg.repeats}
-            row.update({k: statistics.median(r[k] for r in runs) for k in runs[0]})
-            decisions.append(row)
-            log(f"    workers={workers:<4d} prompt={L:<5d} CPU p50 {row['cpu_p50_us']:6.1f} "
-                f"p99 {row['cpu_p99_us']:6.1f} us | wall p50 {row['wall_p50_us']:6.1f} "
-                f"p99 {row['wall_p99_us']:7.1f} us")
+            for kind in cfg.inputs:  # side by side, same tree, same probes
+                runs = [time_decisions(tree, ledger, probe_sets[L, kind], probes_n, cfg.seed + r)
+                        for r in range(cfg.repeats)]
+                row = {"page_size": page, "workers": workers, "prompt_tokens": L, "input": kind,
+                       "tree_tokens": tree_tokens, "distinct_tokens": corpus.distinct_tokens,
+                       "held_tokens": held, "nodes": nodes, "decisions": probes_n, "repeats": cfg.repeats}
+                row.update({k: statistics.median(r[k] for r in runs) for k in runs[0]})
+                decisions.append(row)
+                log(f"    workers={workers:<4d} prompt={L:<5d} {kind:>5s} CPU p50 {row['cpu_p50_us']:6.1f} "
+                    f"p99 {row['cpu_p99_us']:6.1f} us | wall p50 {row['wall_p50_us']:6.1f} "
+                    f"p99 {row['wall_p99_us']:7.1f} us")
         measured = apply_events(tree, removes)
         assert tree.num_nodes() == 0, "removal events must empty the mirror"
         events.append(_event_row("BlockRemoved", "per node", page, workers, tree_tokens, len(removes), measured))
@@ -407,18 +428,21 @@ def format_table(decisions: list[dict], events: list[dict], memory: list[dict]) 
     for page in pages:
         rows = [r for r in decisions if r["page_size"] == page]
         prompts = sorted({r["prompt_tokens"] for r in rows})
-        header = f"{'page':>4s} {'tree tokens':>12s} {'workers':>7s} | " + " | ".join(
+        kinds = [k for k in INPUTS if any(r.get("input", "list") == k for r in rows)]
+        header = f"{'page':>4s} {'tree tokens':>12s} {'workers':>7s} {'input':>5s} | " + " | ".join(
             f"{str(L) + '-token prompt':>22s}" for L in prompts)
         lines += [header, "-" * len(header)]
         for size in sorted({r["tree_tokens"] for r in rows}):
             for w in sorted({r["workers"] for r in rows}):
-                cells = []
-                for L in prompts:
-                    r = next((x for x in rows if x["tree_tokens"] == size and x["workers"] == w
-                              and x["prompt_tokens"] == L), None)
-                    cells.append("" if r is None else
-                                 f"{r['cpu_p50_us']:5.1f} /{r['cpu_p99_us']:6.1f} /{r['wall_p99_us']:7.1f}")
-                lines.append(f"{page:>4d} {size:>12,d} {w:>7d} | " + " | ".join(f"{c:>22s}" for c in cells))
+                for kind in kinds:
+                    cells = []
+                    for L in prompts:
+                        r = next((x for x in rows if x["tree_tokens"] == size and x["workers"] == w
+                                  and x["prompt_tokens"] == L and x.get("input", "list") == kind), None)
+                        cells.append("" if r is None else
+                                     f"{r['cpu_p50_us']:5.1f} /{r['cpu_p99_us']:6.1f} /{r['wall_p99_us']:7.1f}")
+                    lines.append(f"{page:>4d} {size:>12,d} {w:>7d} {kind:>5s} | "
+                                 + " | ".join(f"{c:>22s}" for c in cells))
         lines.append("")
     lines.append(f"event application (target >= {TARGET_PAGES_PER_S:,.0f} pages/s)")
     header = (f"{'kind':>12s} {'shape':>12s} {'page':>4s} {'tree tokens':>12s} {'workers':>7s} | "
@@ -447,6 +471,9 @@ def plot(decisions: list[dict], events: list[dict], path: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
+    # What the controller pays: SGLang's array('q') prompts when they were measured.
+    kind = "array" if any(r.get("input") == "array" for r in decisions) else "list"
+    decisions = [r for r in decisions if r.get("input", "list") == kind]
     longest = max(r["prompt_tokens"] for r in decisions)
     for page in sorted({r["page_size"] for r in decisions}, reverse=True):
         for workers in sorted({r["workers"] for r in decisions}):
@@ -458,7 +485,7 @@ def plot(decisions: list[dict], events: list[dict], path: str) -> None:
     left.axhline(TARGET_P99_US, color="red", linewidth=1, label="target")
     left.set_ylim(bottom=0)
     left.set(xscale="log", xlabel="cached tokens in the mirror", ylabel="CPU p99, us",
-             title=f"decision path (match + view), {longest}-token prompts")
+             title=f"decision path (match + view), {longest}-token prompts as {kind}")
     left.legend(fontsize=7)
     top = max(e["workers"] for e in events)
     rows = [e for e in events if e["workers"] == top and e["tree_tokens"] == min(x["tree_tokens"] for x in events)]
@@ -482,7 +509,8 @@ def verdict(decisions: list[dict], events: list[dict]) -> list[str]:
         for clock in ("cpu", "wall"):
             p99 = r[f"{clock}_p99_us"]
             out.append(f"{'MET ' if p99 <= TARGET_P99_US else 'MISS'} {clock} p99 {p99:.1f} us <= "
-                       f"{TARGET_P99_US:.0f} us (page {r['page_size']}, {r['workers']} workers, "
+                       f"{TARGET_P99_US:.0f} us ({r.get('input', 'list')} input, page {r['page_size']}, "
+                       f"{r['workers']} workers, "
                        f"{r['prompt_tokens']}-token prompt, {r['tree_tokens']:,} tree tokens)")
     for e in events:
         rate = e["pages_per_cpu_s"]
@@ -520,6 +548,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true",
                         help="a small run (~1 min): workers 2,128, trees up to 1e6, 1 pass")
     parser.add_argument("--seed", type=int, default=d.seed, help="workload seed (0)")
+    parser.add_argument("--inputs", type=lambda s: tuple(x for x in s.split(",") if x), default=d.inputs,
+                        help="prompt types timed side by side: list, array (array('q'), what SGLang "
+                             "sends) (default: list,array)")
     parser.add_argument("--out", default="runs/bench_mirror.json", help="JSON output (runs/bench_mirror.json)")
 
 
@@ -536,9 +567,11 @@ def run(args: argparse.Namespace) -> int:
     cfg = MirrorBenchConfig(**fields)
     if (not cfg.workers or min(cfg.workers) < 1 or not cfg.prompt_tokens or min(cfg.prompt_tokens) < 64
             or cfg.page_size < 1 or cfg.probes < 1 or cfg.repeats < 1 or cfg.system_prompts < 1
-            or not (cfg.tree_tokens or cfg.page1_tree_tokens)):
+            or not (cfg.tree_tokens or cfg.page1_tree_tokens)
+            or not cfg.inputs or any(k not in INPUTS for k in cfg.inputs)):
         print("error: --workers, --probes, --repeats, --system-prompts, --page-size must be positive, "
-              "prompts >= 64 tokens, and at least one tree size must remain", file=sys.stderr)
+              "prompts >= 64 tokens, at least one tree size must remain, and --inputs takes list,array",
+              file=sys.stderr)
         return 2
     print(f"bench mirror: workers {list(cfg.workers)}, prompts {list(cfg.prompt_tokens)}, "
           f"trees {list(cfg.tree_tokens)} (page {cfg.page_size}) + {list(cfg.page1_tree_tokens)} (page 1)")
