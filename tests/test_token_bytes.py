@@ -143,3 +143,33 @@ def test_match_on_array_q_and_packed_equals_match_on_list():
         expected = tree.match(p)
         assert tree.match(array("q", p)) == expected
         assert tree.match_packed(pack(array("q", p))) == expected
+
+
+@pytest.mark.parametrize("n", [1, 9, 130])
+def test_spread_with_a_floor_is_the_larger_of_both(n):
+    rng = random.Random(n)
+    for _ in range(100):
+        workers = rng.sample(range(n), n)
+        levels = []
+        while workers:
+            k = rng.randint(1, len(workers))
+            levels.append((sum(1 << w for w in workers[:k]), rng.randint(0, 100)))
+            workers = workers[k:]
+        floor = [rng.randint(0, 100) for _ in range(n)]
+        plain = spread(levels, n)
+        expected = [max(a, b) for a, b in zip(plain, floor)]
+        assert spread(levels, n, floor) == expected
+        assert _spread_python(levels, n, floor) == expected
+        assert floor == [f for f in floor]  # the floor list itself is left alone
+
+
+def test_match_packed_with_a_floor_unions_two_trees():
+    rng = random.Random(2)
+    a, b = GlobalTree(7, page_size=2), GlobalTree(7, page_size=2)
+    prompts = [[rng.randrange(9) for _ in range(rng.randrange(2, 40))] for _ in range(60)]
+    for i, p in enumerate(prompts):
+        (a if i % 2 else b).insert_approximate(i % 7, p, capacity_tokens=10_000)
+    for p in prompts:
+        data = pack(p)
+        assert b.match_packed(data, floor=a.match_packed(data)) == [
+            max(x, y) for x, y in zip(a.match(p), b.match(p))]

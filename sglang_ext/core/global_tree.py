@@ -117,10 +117,12 @@ class GlobalTree:
         levels.append((alive, pos))
         return spread(levels, self.num_workers)
 
-    def match_packed(self, data: bytes | bytearray) -> list[int]:
+    def match_packed(self, data: bytes | bytearray, floor: list[int] | None = None) -> list[int]:
         """`match` on a prompt already packed (`token_bytes.pack`): the host packs a
         request once and matches it against several trees (the mirror, the in-flight
-        union) with memcmp, instead of reading the ids once per tree."""
+        union) with memcmp, instead of reading the ids once per tree. With `floor` (one
+        int per worker), item w is the larger of the match and floor[w]: the union of two
+        trees' matches in one C pass."""
         page, tb = self.page_size, TOKEN_BYTES
         pb = self._page_bytes
         alive = self._all_workers
@@ -142,7 +144,7 @@ class GlobalTree:
                 break
             node = child
         levels.append((alive, pos))
-        return spread(levels, self.num_workers)
+        return spread(levels, self.num_workers, floor)
 
     def tokens_held(self, worker: int) -> int:
         return self._tokens_held[worker]
@@ -306,28 +308,10 @@ class GlobalTree:
         """The child key of packed tokens at byte `pos`: its page's bytes."""
         return bytes(data[pos : pos + self._page_bytes])
 
-    def _common_prefix(self, data: bytes | bytearray, pos: int, tokens: bytearray) -> int:
-        """Bytes (page-aligned) of the common prefix of data[pos:] and tokens.
-
-        Binary search over pages with memcmp slice compares, each on the window not yet
-        known to be equal: O(length) bytes compared and O(log pages) Python steps.
-        """
-        pb = self._page_bytes
-        lo, hi = 0, min(len(tokens), len(data) - pos) // pb  # invariant: first `lo` pages equal
-        if data[pos : pos + hi * pb] == tokens[: hi * pb]:
-            return hi * pb
-        while hi - lo > 1:  # the first `hi` pages differ somewhere after page `lo`
-            mid = (lo + hi) // 2
-            if data[pos + lo * pb : pos + mid * pb] == tokens[lo * pb : mid * pb]:
-                lo = mid
-            else:
-                hi = mid
-        return lo * pb
-
     @staticmethod
     def _common_run(a: list, i: int, b: list, j: int, hi: int) -> int:
         """Length of the longest common run of a[i:] and b[j:], at most `hi` (binary
-        search over slice equality, as in `_common_prefix`)."""
+        search over slice equality: O(log hi) Python steps)."""
         lo = 0
         while lo < hi:
             mid = (lo + hi + 1) // 2
@@ -492,10 +476,11 @@ class GlobalTree:
                 path.append(child)
                 break
             length = len(child.tokens)
-            if data[pos : pos + length] == child.tokens:
-                common = length
-            else:
-                common = self._common_prefix(data, pos, child.tokens)
+            # Compared in place (a slice would copy up to the whole node: 32 KB for an
+            # 8K-token prompt, twice per dispatch), in bytes, page-aligned.
+            common = packed_common_prefix(data, pos // TOKEN_BYTES, child.tokens) * TOKEN_BYTES
+            common -= common % pb
+            if common < length:
                 if common == 0:
                     # Same first page key but a different page: cannot happen for
                     # page-aligned keys; guard against malformed input anyway.

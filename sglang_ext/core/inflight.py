@@ -73,9 +73,10 @@ class InflightPrefixes:
         prompts (page-aligned)."""
         return self.tree.match(input_ids)
 
-    def match_packed(self, data: bytes) -> list[int]:
-        """`match` of a prompt already packed (`token_bytes.pack`)."""
-        return self.tree.match_packed(data)
+    def match_packed(self, data: bytes, floor: list[int] | None = None) -> list[int]:
+        """`match` of a prompt already packed (`token_bytes.pack`); `floor`: see
+        `GlobalTree.match_packed`."""
+        return self.tree.match_packed(data, floor)
 
     def tokens(self, worker: int) -> int:
         """Distinct prompt tokens in flight on `worker` (plus stale ones, see module)."""

@@ -176,11 +176,11 @@ class Router:
             if packed is None:
                 return list(self._zeros)
         cached = self.tree.match_packed(packed)
-        inflight = self.inflight.match_packed(packed)
         mask = self.tree.uncertain_mask
-        if not mask:  # the usual case, at C speed (a Python loop: ~8 us at 128 workers)
+        if not mask:  # the usual case: the larger of both matches, merged in C
             self._last_mirror_tokens = cached
-            return list(map(max, cached, inflight))
+            return self.inflight.match_packed(packed, floor=cached)
+        inflight = self.inflight.match_packed(packed)
         self._last_mirror_tokens = [0 if mask >> w & 1 else c for w, c in enumerate(cached)]
         for w, pending in enumerate(inflight):
             if mask >> w & 1 or pending > cached[w]:

@@ -14,8 +14,9 @@ results, several times slower on long prompts).
   (`start` in tokens) equal packed b's, up to the first difference (a memcmp: a
   prompt packed once per request is then matched against several trees cheaply).
 
-- `spread(levels, n) -> list[int]`: `levels` are disjoint (worker bitmask, value) pairs;
-  item w is the value of the level whose mask has bit w, else 0.
+- `spread(levels, n, floor=None) -> list[int]`: `levels` are disjoint (worker bitmask,
+  value) pairs; item w is the value of the level whose mask has bit w, else 0; with a
+  `floor` list of n ints, the larger of that and floor[w].
 
 `pack` and `common_prefix` raise OverflowError for ids outside [0, 2**32) and TypeError for non-integers (in
 `common_prefix`: only for ids it reaches before the first difference).
@@ -61,12 +62,14 @@ def _packed_common_prefix_python(a: bytes | bytearray, start: int, b: bytes | by
     return lo
 
 
-def _spread_python(levels: list[tuple[int, int]], n: int) -> list[int]:
-    out = [0] * n
+def _spread_python(levels: list[tuple[int, int]], n: int, floor: list[int] | None = None) -> list[int]:
+    out = [0] * n if floor is None else list(floor)
     for mask, value in levels:
         while mask:
             low = mask & -mask
-            out[low.bit_length() - 1] = value
+            w = low.bit_length() - 1
+            if floor is None or value > out[w]:
+                out[w] = value
             mask ^= low
     return out
 
@@ -75,9 +78,9 @@ try:
     from sglang_ext._tokens import common_prefix, packed_common_prefix, pack_u32 as pack, spread as _spread_bytes
     COMPILED = True
 
-    def spread(levels: list[tuple[int, int]], n: int) -> list[int]:
+    def spread(levels: list[tuple[int, int]], n: int, floor: list[int] | None = None) -> list[int]:
         nbytes = (n + 7) // 8
-        return _spread_bytes([(mask.to_bytes(nbytes, "little"), value) for mask, value in levels], n)
+        return _spread_bytes([(mask.to_bytes(nbytes, "little"), value) for mask, value in levels], n, floor)
 
 except ImportError:  # built without a C compiler
     pack, common_prefix, spread = _pack_array, _common_prefix_array, _spread_python
