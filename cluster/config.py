@@ -30,7 +30,7 @@ class SimConfig:
                      choices=tuple(POLICIES))
     cost_model: str = _f("preble-a6000-mistral-7b", "the workers' true step-time model, a file name in "
                          "sglang_ext/core/cost_models/ or a JSON path (default: PREBLE's Mistral-7B / "
-                         "A6000 fit, the poster's setting, DESIGN.md 4)")
+                         "A6000 fit, the poster's setting; its file names the source)")
     router_cost_model: str | None = _f(None, "the cost model the router plans with (a name, a path, "
                                        "or online[:NAME]); default: --cost-model")
     length_source: str = _f(LengthSource.MAX_NEW_TOKENS.value, "where the router reads a request's "

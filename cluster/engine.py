@@ -128,7 +128,7 @@ class Simulation:
         self._queue: deque[_Job] = deque()
         self._busy = False
         self._inbox: list[tuple] = []
-        self._held: dict[str, _Job] = {}
+        self._held: dict[str, tuple[_Job, int]] = {}   # rid -> (job, the worker it was routed to)
         # Per-worker state the debug checks read.
         self.stepping = [False] * cfg.gpus
         self.in_transit = [0] * cfg.gpus       # dispatched, not yet at the worker
@@ -189,7 +189,10 @@ class Simulation:
             elif kind == LOAD_TICK:
                 for w, worker in enumerate(self.workers):
                     push(now + report_delay, LOAD_REPORT, worker.load_report(w, now))
-                if self._finished < len(self.jobs):
+                # Ticks stop once nothing else can happen: a stalled run ends (and is
+                # reported) instead of ticking forever. Held requests wait for ticks (their
+                # hold times out on a later delivery).
+                if self._finished < len(self.jobs) and (heap or self._held):
                     push(now + interval, LOAD_TICK)
         if self._finished < len(self.jobs):
             stuck = [w for w, worker in enumerate(self.workers) if worker.has_work()]
@@ -226,7 +229,7 @@ class Simulation:
         self.counters.decisions_by_worker[decision.worker] += 1
         if decision.held:
             self.counters.held += 1
-            self._held[job.request.rid] = job
+            self._held[job.request.rid] = (job, decision.worker)
         else:
             self._send(job, decision.worker, now)
 
@@ -242,12 +245,19 @@ class Simulation:
             # costing decision time stays in the router's release list until then).
             return
         for rid in self.router.take_released(now):
-            job = self._held.pop(rid, None)
-            if job is None:
+            entry = self._held.pop(rid, None)
+            if entry is None:
                 continue
+            job, routed_to = entry
             worker = self.router.ledger.worker_of(rid)
             if worker is None:
-                raise SimulationError(f"held request {rid!r} left the ledger before it was sent")
+                # The ledger dropped it meanwhile (expiry, load check): route it afresh, as
+                # the live controller does (`sglang_ext/controller.py`, `_send_released`).
+                self.in_controller[routed_to] -= 1
+                self.live_rids[routed_to].discard(rid)
+                self._queue.appendleft(job)
+                self._decide(now)
+                continue
             self._send(job, worker, now)
 
     def _deliver(self, kind: int, a, b, now: float) -> None:

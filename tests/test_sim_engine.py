@@ -22,10 +22,11 @@ BASE = SimConfig(gpus=4, policy="prefix_length_aware", cost_model="h100-llama3.1
 
 
 def react_trace(tmp_path_factory, rate_rps: float, duration_s: float, seed: int = 1, workloads: int = 4,
-                token_ids: bool = True) -> Trace:
+                token_ids: bool = True, output_lengths: str = "1:0.5,120:0.5", max_new_tokens: int = 200,
+                examples: int = 2) -> Trace:
     common = CommonConfig(seed=seed, arrivals=ArrivalConfig(rate_rps=rate_rps, duration_s=duration_s),
-                          output_lengths="1:0.5,120:0.5", max_new_tokens=200, token_ids=token_ids)
-    header, requests = generate(ReactConfig(common, workloads=workloads, examples_per_workload=2))
+                          output_lengths=output_lengths, max_new_tokens=max_new_tokens, token_ids=token_ids)
+    header, requests = generate(ReactConfig(common, workloads=workloads, examples_per_workload=examples))
     path = tmp_path_factory.mktemp("trace") / "react.jsonl"
     write_trace(path, header, requests)
     return read_trace(path)
@@ -81,6 +82,7 @@ def test_requests_queue_and_hit_the_cache(outcome):
     assert sum(sim["steps"]) > sum(sim["prefill_steps"]) > 0
     assert sim["kv_events"]["batches_applied"] == sim["kv_events"]["batches_published"] > 0
     assert sim["kv_events"]["gaps"] == 0
+    assert sim["held_decisions"] > 0   # prefix holds ran: held requests were released and finished
 
 
 def test_mirror_equals_each_worker_cache_after_a_run(trace):
@@ -115,6 +117,25 @@ def test_debug_checks_catch_a_ledger_that_misses_finish_reports(trace):
     sim.router.finished = lambda rid, output_tokens, now_s: None   # reports lost on the way
     with pytest.raises(DivergenceError, match="the ledger holds"):
         sim.run()
+
+
+def test_kv_pressure_retracts_and_still_conserves_requests(tmp_path_factory):
+    """Long outputs on a small KV pool: SGLang's retraction path runs; every request still
+    finishes once with its length, and the debug checks hold throughout."""
+    trace = react_trace(tmp_path_factory, rate_rps=8, duration_s=6, workloads=2, examples=1,
+                        output_lengths="1500:1", max_new_tokens=4000)
+    sim = Simulation(trace, resolve(dataclasses.replace(BASE, gpus=1, kv_capacity_tokens=24_000, debug_checks=True)))
+    outcome = sim.run()
+    assert outcome.summary["simulator"]["retracted"] > 0
+    assert [r.output_tokens for r in outcome.results] == [r.output_tokens for r in trace.requests]
+    assert all(r.ok for r in outcome.results)
+
+
+def test_measured_decision_time_is_host_dependent(trace):
+    outcome = run_simulation(trace, dataclasses.replace(BASE, decision_time="measured"))
+    assert outcome.summary["host_dependent"] is True
+    assert outcome.config["simulate"]["host_dependent"] is True
+    assert outcome.summary["decision_time_us"]["mean"] > 0   # a route call costs real CPU time
 
 
 def test_decision_time_keeps_the_controller_busy(trace):
