@@ -9,7 +9,10 @@ and of duplicates it did not adopt). Built as recorded in the project's design b
 req_to_token_pool=None, token_to_kv_pool_allocator=fake, page_size=P,
 enable_kv_cache_events=True, tree_components=(ComponentType.FULL,),
 tree_core_backend="rust")`. Its `take_events()` gives the very `BlockStored` /
-`BlockRemoved` / `AllBlocksCleared` records a real scheduler publishes.
+`BlockRemoved` / `AllBlocksCleared` records a real scheduler publishes. Its LRU order
+comes from an access counter inside the Rust core (the binary names
+`get_and_batch_bump_access_counter`), not a host clock, so runs are deterministic; the
+worker's determinism test checks that.
 
 `KVPool` stands in for the token-to-KV allocator: a fixed number of slots, counted,
 not indexed (the tree needs slot ids only to hand them back; we give it fresh unique

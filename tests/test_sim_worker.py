@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from array import array
 
+import msgspec
 import numpy as np
 import pytest
 
@@ -185,6 +186,29 @@ def test_a_one_token_request_finishes_in_its_prefill_step():
     step = run.step()
     assert (step.kind, step.prefill_done, step.finished) == ("prefill", [("a", 0)], [("a", 1)])
     assert not run.worker.has_work()
+
+
+def test_max_prefill_tokens_ends_a_pass_once_spent():
+    # Budget 64: the first 40-token request leaves 16 (page-ceiled 48 charged), so a second
+    # is still tried and admitted (with chunking on, only a spent budget stops a pass).
+    run = Run(make_worker(page_size=16, max_prefill_tokens=64),
+              {0: [make_req(f"r{i}", 40, base=100 * i) for i in range(3)]})
+    assert [run.step().batch_requests, run.step().batch_requests] == [2, 1]
+
+
+def test_events_go_out_after_a_prefill_every_40_decode_steps_and_on_idle():
+    # z (1 token) leaves 192 cached tokens; a's decode needs its fifth page at KV length 96
+    # (decode step 65, run step 66) with 12 slots free: z's leaf is evicted then, but the
+    # removal is published only with decode step 80 (run step 81).
+    run = Run(make_worker(300, page_size=16), {0: [make_req("z", 200, max_new=8, out=1)],
+                                                1: [make_req("a", 32, max_new=100, base=1000)]})
+    steps = run.until_idle()
+    published = [i for i, s in enumerate(steps) if s.event_payloads]
+    assert published == [0, 1, 81, 100]              # z's prefill (idle), a's prefill, decode 80, idle
+    kinds = [e["type"] for _, payload in steps[81].event_payloads for e in msgspec.msgpack.decode(payload)[1]]
+    assert kinds == ["BlockRemoved"]
+    seqs = [seq for s in steps for seq, _ in s.event_payloads]
+    assert seqs == list(range(len(seqs)))
 
 
 def _random_requests(rng: np.random.Generator, n: int) -> list[tuple[int, SimRequest]]:
