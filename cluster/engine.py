@@ -200,7 +200,7 @@ class Simulation:
                                   f"(workers with work left but no step: {stuck or 'none'}; held: {len(self._held)})")
         if self.checks is not None:
             self.checks.at_end()
-        return build_outcome(self, now)
+        return build_outcome(self)
 
     # ------------------------------------------------------------ the controller
 
@@ -303,6 +303,7 @@ class Simulation:
     def _step_end(self, w: int, result, now: float, event_delay: float, report_delay: float) -> None:
         counters, results = self.counters, self.results
         counters.busy_s[w] += result.duration_s
+        counters.last_step_end_s = now
         counters.steps[w] += 1
         if result.kind == "prefill":
             counters.prefill_steps[w] += 1

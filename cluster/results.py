@@ -10,7 +10,7 @@ unless the decision time was `measured`.
 Simulator figures (summary keys): `decision_time_us` (mean, p50, p99, max of the charged
 decision times), and under `simulator`: per-worker busy time (sum of step durations) and
 its imbalance (max / mean), requests per worker, steps, retractions, held decisions, KV
-events applied to the mirror, the simulated duration.
+events applied to the mirror, the simulated duration (from 0 to the end of the last step).
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ class SimCounters:
     held: int = 0
     retracted: int = 0
     reconciled_stale: int = 0
+    last_step_end_s: float = 0.0   # the simulated time the last worker step ended
 
     @classmethod
     def empty(cls, workers: int) -> SimCounters:
@@ -63,7 +64,7 @@ def _decision_stats(seconds: list[float]) -> dict:
             "p99": float(np.percentile(us, 99)), "max": float(us.max())}
 
 
-def build_outcome(sim, end_s: float) -> SimOutcome:
+def build_outcome(sim) -> SimOutcome:
     """The outcome of a finished `cluster.engine.Simulation`."""
     cfg, counters, resolved = sim.cfg, sim.counters, sim.resolved
     summary = summarize(sim.results, cfg.gpus)
@@ -73,7 +74,7 @@ def build_outcome(sim, end_s: float) -> SimOutcome:
     summary["simulator"] = {
         "policy": cfg.policy, "gpus": cfg.gpus, "length_source": cfg.length_source,
         "cost_model": resolved.cost_model.name, "decision_time": cfg.decision_time, "seed": cfg.seed,
-        "simulated_duration_s": end_s,
+        "simulated_duration_s": counters.last_step_end_s,
         "worker_busy_s": counters.busy_s,
         "worker_busy_imbalance_max_over_mean": _imbalance(counters.busy_s),
         "requests_per_worker": counters.decisions_by_worker,

@@ -138,6 +138,15 @@ def test_measured_decision_time_is_host_dependent(trace):
     assert outcome.summary["decision_time_us"]["mean"] > 0   # a route call costs real CPU time
 
 
+def test_delays_are_simulated_time(trace):
+    """A request reaches its worker only after the dispatch delay, and the workers' reports
+    reach the router only after the report delay (the router then sees stale loads)."""
+    base = run_simulation(trace, BASE)
+    slow = run_simulation(trace, dataclasses.replace(BASE, dispatch_delay_ms=50.0, report_delay_ms=200.0))
+    assert min(r.ttft_s for r in slow.results) >= 0.05 > min(r.ttft_s for r in base.results)
+    assert slow.summary["simulator"]["requests_per_worker"] != base.summary["simulator"]["requests_per_worker"]
+
+
 def test_decision_time_keeps_the_controller_busy(trace):
     fast = run_simulation(trace, BASE)
     slow = run_simulation(trace, dataclasses.replace(BASE, decision_time="fixed:20000"))  # 20 ms each
