@@ -130,7 +130,8 @@ class PrefixAwareController(DataParallelController):
         super().__init__(server_args, port_args, run_scheduler_process_func, prelaunched_schedulers)
         self._init_ours(server_args, ErrorReplies(self.context, port_args.tokenizer_ipc_name))
 
-    def _init_ours(self, server_args, replies: ErrorReplies, router_config: RouterConfig | None = None) -> None:
+    def _init_ours(self, server_args, replies: ErrorReplies, router_config: RouterConfig | None = None,
+                   lengths: PredictedLengths | None = None) -> None:
         """Everything beyond the stock constructor (tests call it on a bare instance
         with the stock attributes it reads set by hand)."""
         self.replies = replies
@@ -168,7 +169,9 @@ class PrefixAwareController(DataParallelController):
         # Our ledger is exact; the stock 20 ms snapshot refresh is not needed.
         self.refresh_load_budget_on_dispatch = False
         self.dispatched_by_worker = [0] * self.max_dp_size
-        if self.router.config.length_source is LengthSource.PREDICTED:
+        if lengths is not None:
+            self.lengths = lengths
+        elif self.router.config.length_source is LengthSource.PREDICTED:
             self.lengths = PredictedLengths(
                 os.environ.get(ENV_LENGTH_MODEL), float(os.environ.get(ENV_PREDICT_WAIT_MS, "20")),
                 self._reports_context, getattr(server_args, "tokenizer_path", None) or server_args.model_path,
@@ -289,10 +292,11 @@ class PrefixAwareController(DataParallelController):
                 self._reject(message, f"could not send the held request: {exc}")
 
     def _release_predicted(self, now: float) -> None:
-        for message, request in self.lengths.collect(now, self.router):
+        for released in self.lengths.collect(now, self.router):
+            message = released.payload
             _rewrap_time_stats(message)
             try:
-                self._route_and_send(message, request, now)
+                self._route_and_send(message, released.request, now)
             except Exception as exc:
                 self._reject(message, f"could not route the request after its prediction: {exc}")
 
@@ -410,10 +414,7 @@ class PrefixAwareController(DataParallelController):
             "bad_reports": self.bad_reports,
             "unroutable": {"error_replies": self.unroutable, "fallback_routed": self.fallback_routed},
             "housekeeping_errors": self.housekeeping_errors,
-            "length_predictions": None if self.lengths is None else {
-                "predicted_in_time": self.lengths.predicted, "fallbacks": self.lengths.fallbacks,
-                "failed": self.lengths.failed,
-            },
+            "length_predictions": None if self.lengths is None else self.lengths.status(time.monotonic()),
         })
         return snapshot
 
@@ -454,6 +455,8 @@ class PrefixAwareController(DataParallelController):
                     self.router.prefill_done(report.rid, now)
                 elif report.kind == completions.FINISHED:
                     self.router.finished(report.rid, report.output_tokens, now)
+                    if self.lengths is not None:
+                        self.lengths.forget(report.rid)
 
 
 def _rewrap_time_stats(message) -> None:

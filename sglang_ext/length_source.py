@@ -1,49 +1,68 @@
 """Decode-length predictions for the live controller, without blocking its event loop.
 
-The controller parks each new request here, the MiniLM predictor (`length_model.serving`)
-runs on a background thread in micro-batches, and the request is released for dispatch
-when its prediction arrives or when `max_wait_ms` has passed, whichever is first. A
-request released without a prediction is dispatched with the fallback
-(`max_new_tokens`); if its prediction arrives later, the ledger is re-weighed
-(`Router.update_expected_output`). With `max_wait_ms = 0` prediction is entirely off the
+The controller parks each new request (the rules are `sglang_ext/core/pending.py`'s,
+shared with the simulator); the predictor (`length_model.serving`) runs on a background
+thread in micro-batches, and a request is released for dispatch when its prediction
+arrives or when `max_wait_ms` has passed, whichever is first. A request released without
+a prediction is dispatched on the fallback (`max_new_tokens`); if its prediction arrives
+later, the ledger is re-weighed. With `max_wait_ms = 0` prediction is entirely off the
 dispatch path.
 
-The background thread wakes the event loop through an inproc ZMQ PUSH socket that only
-it uses (ZMQ sockets are not thread-safe; one socket per thread is). Any failure
-(loading, predicting) is logged once and the controller falls back to `max_new_tokens`.
+Nothing slow runs on the event loop: a request that has no `input_text` (the client sent
+token ids) is handed to the predictor thread as ids, and that thread loads the tokenizer
+(once) and detokenizes. The thread wakes the event loop through an inproc ZMQ PUSH socket
+that only it uses (ZMQ sockets are not thread-safe; one socket per thread is).
+
+Failures degrade and recover (see `core/pending.py`): a full predictor queue sends that
+one request on the fallback, a failed batch releases its requests on the fallback, and
+only repeated failures suspend predictions, for a few seconds. Predictions are off for
+good only when the predictor cannot be loaded or its thread has died.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from collections import OrderedDict
-from dataclasses import dataclass
 
 import zmq
 
+from sglang_ext.core.pending import PendingConfig, PendingPredictions, Released
+
 logger = logging.getLogger(__name__)
 
+# `AsyncLengthPredictor.batch_sizes` grows by one entry per batch for the life of the
+# process; the controller keeps only this many.
+KEEP_BATCH_SIZES = 1024
 
-@dataclass(slots=True)
-class _Parked:
-    message: object  # the tokenized request, dispatched on release
-    request: object  # our Request view of it
-    deadline_s: float
+
+class _PredictOnThread:
+    """What the predictor thread runs: prompt token ids become text there."""
+
+    def __init__(self, predictor, tokenizer_path: str | None):
+        self.predictor = predictor
+        self._tokenizer_path = tokenizer_path
+        self._tokenizer = None
+
+    def predict(self, items: list) -> list[int]:
+        return self.predictor.predict([item if isinstance(item, str) else self._decode(item) for item in items])
+
+    def _decode(self, input_ids) -> str:
+        if self._tokenizer is None:
+            if not self._tokenizer_path:
+                raise ValueError("a prompt came as token ids and no tokenizer path is known")
+            from transformers import AutoTokenizer
+
+            self._tokenizer = AutoTokenizer.from_pretrained(self._tokenizer_path)
+        return self._tokenizer.decode(list(input_ids))
 
 
 class PredictedLengths:
-    def __init__(self, model_dir: str | None, max_wait_ms: float, context: zmq.Context, tokenizer_path: str | None):
-        self.max_wait_s = max(0.0, max_wait_ms) / 1000.0
-        self._parked: OrderedDict[str, _Parked] = OrderedDict()  # in arrival order
-        # Released without a prediction, still awaited; a dict keeps insertion order, so
-        # trimming forgets the oldest.
-        self._late: dict[str, None] = {}
-        self._tokenizer_path = tokenizer_path
-        self._tokenizer = None
-        self.failed = False
-        self.predicted = 0
-        self.fallbacks = 0
+    def __init__(self, model_dir: str | None, max_wait_ms: float, context: zmq.Context, tokenizer_path: str | None,
+                 predictor=None):
+        """`predictor` (anything with `predict(texts) -> list[int]`) replaces loading the
+        model from `model_dir`."""
+        self.pending = PendingPredictions(PendingConfig(max_wait_s=max(0.0, max_wait_ms) / 1000.0))
+        self.unavailable: str | None = None  # why predictions are off for good
         endpoint = f"inproc://sglang_ext_predictions_{uuid.uuid4().hex[:8]}"
         self.wakeup = context.socket(zmq.PULL)
         self.wakeup.setsockopt(zmq.LINGER, 0)
@@ -52,65 +71,79 @@ class PredictedLengths:
         self._thread_socket = None
         self._async = None
         try:
-            from length_model.serving import AsyncLengthPredictor, LengthPredictor
+            from length_model.serving import (
+                AsyncLengthPredictor,
+                LengthPredictor,
+                PredictionFailed,
+                PredictorBusy,
+                PredictorError,
+            )
 
-            predictor = LengthPredictor.load(model_dir) if model_dir else LengthPredictor.load()
-            self._async = AsyncLengthPredictor(predictor, on_result=self._on_result)
-            logger.info("length source: MiniLM predictor loaded (wait at most %.0f ms per request)",
-                        self.max_wait_s * 1000)
+            self._busy, self._error, self._failed_batch = PredictorBusy, PredictorError, PredictionFailed
+            if predictor is None:
+                predictor = LengthPredictor.load(model_dir) if model_dir else LengthPredictor.load()
+            self._async = AsyncLengthPredictor(_PredictOnThread(predictor, tokenizer_path), on_result=self._on_result)
+            logger.info("length source: predictor loaded (wait at most %.0f ms per request)", max_wait_ms)
         except Exception as exc:
-            self._fail(f"could not load the length predictor ({exc})")
+            self._off(f"could not load the length predictor ({exc})")
+
+    @property
+    def failed(self) -> bool:
+        """True when predictions are off for good (not merely suspended)."""
+        return self.unavailable is not None
 
     # ---------------------------------------------------------- event-loop side
 
     def park(self, message, request, now_s: float) -> bool:
-        """Queue a request for prediction; False means dispatch it now (no predictor)."""
-        if self.failed:
+        """Queue a request for prediction; False means dispatch it now on the fallback."""
+        if self._async is None:
             return False
-        text = getattr(message, "input_text", None) or self._detokenize(request.input_ids)
+        if not self.pending.accepting(now_s):
+            self.pending.refuse()  # suspended after failures, or too many waiting
+            return False
+        text = getattr(message, "input_text", None)
         try:
-            self._async.submit(request.rid, text)
-        except Exception as exc:
-            self._fail(f"prediction submit failed ({exc})")
+            self._async.submit(request.rid, text if isinstance(text, str) and text else request.input_ids)
+        except self._busy:
+            self.pending.refuse()  # back-pressure: this request only
             return False
-        self._parked[request.rid] = _Parked(message, request, now_s + self.max_wait_s)
-        return True
+        except self._error as exc:  # closed, or its thread died
+            self._off(f"the predictor stopped ({exc})")
+            return False
+        return self.pending.park(request, message, now_s)
 
-    def collect(self, now_s: float, router) -> list[tuple[object, object]]:
-        """Drain arrived predictions and expired waits; returns (message, request) pairs
-        ready for dispatch, in arrival order of their results."""
+    def collect(self, now_s: float, router) -> list[Released]:
+        """Arrived predictions, failed ones and ended waits: the requests to dispatch now,
+        in that order."""
         while True:  # empty the wake-up socket
             try:
                 self.wakeup.recv(zmq.NOBLOCK)
             except zmq.Again:
                 break
-        ready = []
-        if self._async is not None and not self.failed:
-            try:
-                results = self._async.poll()
-            except Exception as exc:  # PredictionFailed: release everything on fallback
-                results = list(getattr(exc, "results", []))
-                self._fail(f"prediction failed ({exc})")
-            for rid, tokens in results:
-                parked = self._parked.pop(rid, None)
-                if parked is not None:
-                    parked.request.predicted_output_tokens = int(tokens)
-                    self.predicted += 1
-                    ready.append((parked.message, parked.request))
-                elif self._late.pop(rid, False) is None:
-                    router.update_expected_output(rid, int(tokens))
-        for rid in [rid for rid, p in self._parked.items() if self.failed or p.deadline_s <= now_s]:
-            parked = self._parked.pop(rid)
-            if not self.failed:
-                self._late[rid] = None
-            self.fallbacks += 1
-            ready.append((parked.message, parked.request))
-        while len(self._late) > 10000:  # predictions that never came: forget the oldest
-            del self._late[next(iter(self._late))]
-        return ready
+        if self._async is None:
+            return self.pending.release_all() if len(self.pending) else []
+        failed_rids: list = []
+        try:
+            results = self._async.poll()
+        except self._failed_batch as exc:
+            results, failed_rids = list(exc.results), list(exc.rids)
+            logger.warning("length source: %s; those requests go on the fallback", exc)
+        del self._async.batch_sizes[:-KEEP_BATCH_SIZES]
+        ready = [r for r in (self.pending.deliver(rid, tokens, now_s, router) for rid, tokens in results)
+                 if r is not None]
+        if failed_rids:
+            ready += self.pending.failed(failed_rids, now_s)
+        return ready + self.pending.due(now_s)
+
+    def forget(self, rid: str) -> None:
+        self.pending.forget(rid)
 
     def next_deadline_s(self) -> float | None:
-        return next(iter(self._parked.values())).deadline_s if self._parked else None
+        return self.pending.next_deadline_s()
+
+    def status(self, now_s: float) -> dict:
+        return {**vars(self.pending.stats), "parked": len(self.pending), "late": self.pending.late_count(),
+                "suspended": self.pending.suspended(now_s), "unavailable": self.unavailable}
 
     # ---------------------------------------------------------- predictor thread
 
@@ -126,17 +159,13 @@ class PredictedLengths:
 
     # ------------------------------------------------------------------ helpers
 
-    def _detokenize(self, input_ids) -> str:
-        if self._tokenizer is None:
-            from transformers import AutoTokenizer
-
-            self._tokenizer = AutoTokenizer.from_pretrained(self._tokenizer_path)
-        return self._tokenizer.decode(list(input_ids))
-
-    def _fail(self, reason: str) -> None:
-        if not self.failed:
-            logger.error("length source: %s; falling back to max_new_tokens", reason)
-        self.failed = True
+    def _off(self, reason: str) -> None:
+        if self.unavailable is None:
+            logger.error("length source: %s; predictions off, falling back to max_new_tokens", reason)
+            self.unavailable = reason
+        if self._async is not None:
+            self._async.close(timeout_s=0.0)
+            self._async = None
 
     def close(self) -> None:
         """Stop the predictor thread, then close both sockets (an open socket would keep

@@ -32,7 +32,9 @@ from sglang.srt.sampling.sampling_params import SamplingParams  # noqa: E402
 
 from sglang_ext import completions  # noqa: E402
 from sglang_ext.controller import MAX_DRAIN_PER_ROUND, ErrorReplies, PrefixAwareController  # noqa: E402
+from sglang_ext.core.policies import LengthSource  # noqa: E402
 from sglang_ext.core.router import RouterConfig  # noqa: E402
+from sglang_ext.length_source import PredictedLengths  # noqa: E402
 from sglang_ext.status import StatusWriter  # noqa: E402
 
 
@@ -56,7 +58,7 @@ class Harness:
     """A controller wired to real sockets; `step()` runs one event-loop round."""
 
     def __init__(self, num_workers: int = 2, policy: str = "round_robin", status_path: str | None = None,
-                 lengths=None):
+                 predictor=None):
         self.ctx = zmq.Context()
         tag = uuid.uuid4().hex[:8]
         ctl = object.__new__(PrefixAwareController)
@@ -91,12 +93,12 @@ class Harness:
         self.reports_out.connect(f"inproc://reports-{tag}")
         ctl._reports_context = self.ctx
         ctl.init_dispatcher()
+        source = LengthSource.PREDICTED if predictor is not None else LengthSource.MAX_NEW_TOKENS
+        lengths = PredictedLengths(None, 10_000, self.ctx, None, predictor=predictor) if predictor else None
         ctl._init_ours(SimpleNamespace(kv_events_config=None), ErrorReplies(self.ctx, f"inproc://tokenizer-{tag}"),
-                       RouterConfig(policy=policy, num_workers=num_workers))
+                       RouterConfig(policy=policy, num_workers=num_workers, length_source=source), lengths)
         if status_path is not None:
             ctl.status_writer = StatusWriter(status_path, min_interval_s=0.0)
-        if lengths is not None:
-            ctl.lengths = lengths
         self.ctl = ctl
         self.poller = ctl._make_poller()
 
@@ -129,6 +131,8 @@ class Harness:
         self.reports_out.send(completions.encode_batch(completions.ReportBatch(worker, [report])))
 
     def close(self) -> None:
+        if self.ctl.lengths is not None:
+            self.ctl.lengths.close()
         self.ctx.destroy(linger=0)
 
 
@@ -256,3 +260,29 @@ def test_a_flood_of_requests_does_not_starve_the_worker_reports(harness):
     assert "first" not in h.ctl.router.ledger
     h.run_until(lambda: sum(h.ctl.dispatched_by_worker) == 1 + flood)
     assert sum(h.ctl.dispatched_by_worker) == 1 + flood
+
+
+class _Answers:
+    """A stand-in length predictor: the first call raises, later ones answer 33."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def predict(self, texts):
+        self.calls += 1
+        if self.calls == 1:
+            raise RuntimeError("transient")
+        return [33] * len(texts)
+
+
+def test_predicted_lengths_weigh_the_ledger_and_a_failed_prediction_still_dispatches(harness):
+    h = harness(predictor=_Answers())
+    h.send(tokenized("first", max_new_tokens=500, input_text="hello"))  # its prediction fails
+    h.run_until(lambda: "first" in h.ctl.router.ledger)
+    h.send(tokenized("second", max_new_tokens=500, input_text="hello again"))
+    h.run_until(lambda: "second" in h.ctl.router.ledger)
+    loads = h.ctl.router.ledger.loads
+    assert sorted(ld.pending_decode_tokens for ld in loads) == [33, 500]  # fallback, prediction
+    assert sum(len(g) for g in h.received()) == 2
+    stats = h.ctl.status_snapshot()["length_predictions"]
+    assert stats["failed"] == 1 and stats["predicted_in_time"] == 1 and stats["unavailable"] is None
