@@ -23,11 +23,17 @@ against a brute-force model on SGLang-shaped event streams in any interleaving):
   `_merge_around`), so page-by-page stores and split-then-evict cycles do not fragment
   the tree and a match walks few nodes whatever the event history.
 
+- `held_changed` is a bitmask of the workers whose `_tokens_held` changed since the host
+  last took it (`take_held_changed`), so the router re-derives per-worker KV figures for
+  those workers only.
+
 Cost: `match` walks the prompt node by node; per node, one C call reads the prompt's
-ints in place against the node's packed tokens up to the first difference (the only
-per-token step: a few ns per token with the compiled helper, see `token_bytes`), and
-the per-worker result is spread in C too: O(prompt tokens + workers) at C speed plus
-O(nodes on the path) Python steps. Applying an event costs O(pages in the event) at C
+ints in place (a list, or SGLang's `array('q')` through the buffer protocol) against the
+node's packed tokens up to the first difference (the only per-token step: about 1 ns per
+token with the compiled helper, see `token_bytes`), and the per-worker result is spread
+in C too: O(prompt tokens + workers) at C speed plus O(nodes on the path) Python steps.
+`match_packed` does the same on a prompt packed once by the host (a memcmp per node,
+~0.1 ns per token), which is how the router matches one prompt against two trees. Applying an event costs O(pages in the event) at C
 speed plus a constant number of splits and merges, none of them per holder (exact
 mode).
 
@@ -293,7 +299,7 @@ class GlobalTree:
         if pages:
             if len(data) != pages * self._page_bytes:
                 data = data[: pages * self._page_bytes]  # page-aligned part only
-            path = self._insert_under(self.root, worker, data, [None] * pages)
+            path = self._insert_under(self.root, worker, data, None)
             self._touch(worker, path)
         # Evict even when nothing was inserted: the capacity may have shrunk.
         self._evict_lru(worker, capacity_tokens)
@@ -450,10 +456,11 @@ class GlobalTree:
         return survivor
 
     def _insert_under(self, node: _Node, worker: int, data: bytes,
-                      hashes: list[int | None], merge: bool = False) -> list[_Node]:
+                      hashes: list[int | None] | None, merge: bool = False) -> list[_Node]:
         """Make `worker` hold the packed tokens `data` below `node`, sharing existing
         nodes; returns the nodes of the path that now hold them (`merge`: exact mode, see
-        `_merge_around`; the path is then not meaningful)."""
+        `_merge_around`; the path is then not meaningful). `hashes`: one per page, or None
+        in approximate mode (nodes then get None per page of their own part only)."""
         pb, pos, path = self._page_bytes, 0, []
         while pos < len(data):
             key = self._key(data, pos)
@@ -469,7 +476,11 @@ class GlobalTree:
                     self._tokens_held[worker] += (len(data) - pos) // TOKEN_BYTES
                     self.held_changed |= 1 << worker
                     break
-                child = _Node(bytearray(data[pos:]), hashes[pos // pb :] if pos else hashes, node)
+                if hashes is None:  # approximate mode: no hashes, only the new part's Nones
+                    new_hashes = [None] * ((len(data) - pos) // pb)
+                else:
+                    new_hashes = hashes[pos // pb :] if pos else hashes
+                child = _Node(bytearray(data[pos:]), new_hashes, node)
                 node.children[key] = child
                 self._index(child)
                 self._hold(child, worker)

@@ -116,7 +116,7 @@ class Router:
         leader = None
         if self.policy.holds_for_prefix and self.config.exact_mirror and cached[worker]:
             leader = self.holds.leader_for(request.input_ids, worker, self._last_mirror_tokens[worker])
-        self.record_dispatch(request, worker, cached[worker], now_s, packed if packed is not None else b"")
+        self.record_dispatch(request, worker, cached[worker], now_s, packed)
         if leader is not None:
             self.holds.hold(request.rid, leader, now_s)
         return Decision(worker, cached, leader is not None)
@@ -219,7 +219,7 @@ class Router:
     def record_dispatch(self, request: Request, worker: int, cached_tokens: int, now_s: float,
                         packed: bytes | None = None) -> None:
         """Account for a request sent to `worker` (by the policy, or pinned by the client).
-        `packed`: the prompt already packed by `route` (b"" when it is not token ids)."""
+        `packed`: the prompt already packed by `route` (None: pack it here)."""
         expected = request.expected_output_tokens(self.config.length_source)
         previous = self.ledger.worker_of(request.rid)
         if previous is not None:  # a retried rid: the ledger forgets its old placement too
@@ -234,8 +234,8 @@ class Router:
             try:
                 packed = pack(request.input_ids)
             except (OverflowError, TypeError):
-                packed = b""  # not token ids (logged by `route` / `cached_tokens`)
-        if packed:
+                pass  # not token ids (logged by `route` / `cached_tokens`): nothing to record
+        if packed is not None:  # b"" (an empty prompt) is recorded, as any other
             self.inflight.add(request.rid, worker, request.input_ids, packed)
             if not self.config.exact_mirror:
                 capacity = self.ledger.loads[worker].kv_capacity_tokens

@@ -6,6 +6,11 @@ pointer plus an int object. The functions here are the compiled `sglang_ext._tok
 when the package was built with a C compiler, else pure-Python equivalents (same
 results, several times slower on long prompts).
 
+`ids` may be a list or tuple of ints, or any one-dimensional buffer of integers: SGLang
+0.5.23 hands the controller `input_ids` as `array('q')` (DESIGN.md 7.5), which the
+compiled helpers read in place through the buffer protocol (copying it into a list
+first cost more than the match itself).
+
 - `pack(ids, start=0, stop=len(ids)) -> bytes`
 - `common_prefix(ids, start, packed) -> int`: how many tokens of ids[start:] equal the
   packed tokens, counted up to the first difference.
