@@ -44,6 +44,7 @@ from sglang_ext.settings import (
     ENV_LENGTH_SOURCE,
     ENV_POLICY,
     ENV_PREDICT_WAIT_MS,
+    ENV_RUNTIME_DIR,
     ORACLE_OUTPUT_TOKENS_KEY,
 )
 from sglang_ext.status import ENV_STATUS_FILE, StatusWriter
@@ -124,7 +125,8 @@ class PrefixAwareController(DataParallelController):
         self._reports_context = zmq.Context.instance()
         self.recv_reports = self._reports_context.socket(zmq.PULL)
         self.recv_reports.setsockopt(zmq.LINGER, 0)
-        endpoint = f"ipc://{tempfile.gettempdir()}/sglang_ext_reports_{uuid.uuid4().hex[:12]}"
+        folder = os.environ.get(ENV_RUNTIME_DIR) or tempfile.gettempdir()
+        endpoint = f"ipc://{folder}/sglang_ext_reports_{uuid.uuid4().hex[:12]}"
         self.recv_reports.bind(endpoint)
         os.environ[completions.ENV_ENDPOINT] = endpoint
         super().__init__(server_args, port_args, run_scheduler_process_func, prelaunched_schedulers)

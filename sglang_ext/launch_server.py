@@ -17,12 +17,16 @@ through the environment, since SGLang's parser would reject them; SGLang itself 
 
 `--kv-mirror auto` (the default) turns SGLang's KV-event feed on, bound to loopback on
 free ports with a replay endpoint, unless `--kv-events-config` is given; the feed carries
-prompt token ids, so it never listens beyond 127.0.0.1 unless you configure it to.
-`approximate` leaves events off and the controller inserts routed prompts itself.
+prompt token ids, so it never listens beyond 127.0.0.1 unless you say so: a
+`--kv-events-config` whose endpoints are not loopback (SGLang's default `tcp://*:5557`
+binds every interface) is refused unless `--kv-events-allow-remote` is given too, and
+then a warning says what the feed carries. `approximate` leaves events off and the
+controller inserts routed prompts itself.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import random
@@ -33,6 +37,7 @@ from sglang_ext.settings import ENV_COST_MODEL, ENV_LENGTH_MODEL, ENV_LENGTH_SOU
 from sglang_ext.core.policies import POLICIES, LengthSource
 
 SGLANG_ONLY_METHODS = ("auto", "follow_bootstrap_room")
+REMOTE_EVENTS_FLAG = "--kv-events-allow-remote"
 PLUGIN_NAME = "prefix_length_dp"
 
 
@@ -103,7 +108,18 @@ def translate_args(argv: list[str], environ: dict) -> list[str]:
     mirror = _pop_flag(argv, "--kv-mirror") or "auto"
     if mirror not in ("auto", "events", "approximate"):
         raise UsageError(f"unknown --kv-mirror {mirror!r}; valid: auto, events, approximate")
-    if mirror != "approximate" and not any(a.startswith("--kv-events-config") for a in argv):
+    allow_remote = _pop_switch(argv, REMOTE_EVENTS_FLAG)
+    user_events = _flag_value(argv, "--kv-events-config")
+    if user_events is not None:
+        remote = remote_kv_event_endpoints(user_events)
+        if remote and not allow_remote:
+            raise UsageError(
+                f"--kv-events-config publishes on {', '.join(remote)}, reachable beyond this host; the "
+                f"KV-event feed carries prompt token ids. Use a 127.0.0.1 endpoint, or add {REMOTE_EVENTS_FLAG}")
+        if remote:
+            print(f"launch_server: warning: the KV-event feed on {', '.join(remote)} carries prompt token ids "
+                  "and is reachable beyond this host", file=sys.stderr)
+    elif mirror != "approximate":
         argv += ["--kv-events-config", json.dumps(loopback_kv_events_config(_dp_size(argv)))]
     if _flag_value(argv, "--device") == "cpu":
         from sglang_ext.cpu_host import CPU_COST_MODEL, apply_cpu_defaults
@@ -116,6 +132,39 @@ def translate_args(argv: list[str], environ: dict) -> list[str]:
     if allowed and PLUGIN_NAME not in allowed.split(","):
         environ["SGLANG_PLUGINS"] = allowed + "," + PLUGIN_NAME
     return argv
+
+
+def _pop_switch(argv: list[str], flag: str) -> bool:
+    """Remove every bare `flag` from argv; True if there was one."""
+    found = flag in argv
+    argv[:] = [a for a in argv if a != flag]
+    return found
+
+
+def remote_kv_event_endpoints(kv_events_config: str) -> list[str]:
+    """The TCP endpoints of a `--kv-events-config` that are not loopback (the PUB
+    endpoint, bound or connected, and the replay ROUTER; SGLang's defaults apply to
+    keys left out: `sglang/srt/disaggregation/kv_events.py: KVEventsConfig`)."""
+    try:
+        cfg = json.loads(kv_events_config)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"--kv-events-config is not valid JSON: {exc}") from None
+    if not isinstance(cfg, dict):
+        raise UsageError("--kv-events-config must be a JSON object")
+    if cfg.get("publisher", "null") == "null":
+        return []
+    endpoints = [cfg.get("endpoint", "tcp://*:5557"), cfg.get("replay_endpoint")]
+    return [e for e in endpoints if isinstance(e, str) and e.startswith("tcp://") and not _is_loopback(e)]
+
+
+def _is_loopback(endpoint: str) -> bool:
+    host = endpoint[len("tcp://"):].rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a wildcard (*), an interface name or a host name
 
 
 def _flag_value(argv: list[str], *flags: str) -> str | None:

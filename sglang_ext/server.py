@@ -3,24 +3,30 @@
 Used by the demo, the tests and the live benchmarks. On this project's CPU hosts: the
 environment of `cpu_host.py` (CPU engine, one compute thread per core and rank), the
 torch_native attention backend and `--sleep-on-idle`. The server runs in its own process
-group and is stopped by group; SGLang's load snapshots in /dev/shm and our report
-sockets are removed afterwards.
+group and is stopped by group. Afterwards only what this server made is removed: its
+private runtime folder (our controller's report socket; `SGLANG_EXT_RUNTIME_DIR`) and
+the SGLang load-snapshot files in /dev/shm that its own processes held open (the name
+derives from a random instance id, `sglang/srt/managers/load_snapshot.py:
+shm_path_for`, so it can only be learnt from the processes). Other servers' files on the
+machine are left alone.
 
 A machine-wide lock (`/tmp/sglang_ext_server.lock`) makes concurrent callers (two
-pytest sessions, a demo) queue instead of running two servers on two cores.
+pytest sessions, a demo) queue instead of running two servers on two cores; it is
+opened with `O_NOFOLLOW`, so a symlink planted at that fixed path is refused.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import glob
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -28,9 +34,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from sglang_ext.cpu_host import apply_cpu_defaults
+from sglang_ext.settings import ENV_RUNTIME_DIR
 from sglang_ext.status import ENV_STATUS_FILE
 
 LOCK_PATH = "/tmp/sglang_ext_server.lock"
+SHM_PREFIX = "/dev/shm/sglang_loads_"  # SGLang's load-snapshot files
 
 
 def free_port() -> int:
@@ -68,6 +76,8 @@ class SGLangServer:
         self.log_path = log_path
         self.status_path = log_path + ".status.json"
         self.proc: subprocess.Popen | None = None
+        self.runtime_dir: str | None = None
+        self.owned_files: set[str] = set()  # SGLang's shm files this server's processes held
 
     def command(self) -> list[str]:
         s = self.spec
@@ -86,6 +96,8 @@ class SGLangServer:
         self._log = open(self.log_path, "ab")
         env = cpu_env(self.spec.dp_size)
         env[ENV_STATUS_FILE] = self.status_path
+        self.runtime_dir = tempfile.mkdtemp(prefix="sglang_ext_run_")  # mode 0700, ours alone
+        env[ENV_RUNTIME_DIR] = self.runtime_dir
         env.update(self.spec.env)
         self.proc = subprocess.Popen(
             self.command(), stdout=self._log, stderr=subprocess.STDOUT,
@@ -96,6 +108,7 @@ class SGLangServer:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"SGLang exited with code {self.proc.returncode} during start-up; see {self.log_path}")
             if self._healthy():
+                self.owned_files |= self.shm_files()
                 return
             time.sleep(1.0)
         self.stop()
@@ -108,7 +121,22 @@ class SGLangServer:
         except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
             return False
 
+    def shm_files(self) -> set[str]:
+        """SGLang's load-snapshot files the server's processes hold open now."""
+        import psutil
+
+        if self.proc is None or self.proc.poll() is not None:
+            return set()
+        found = set()
+        with contextlib.suppress(psutil.Error):
+            root = psutil.Process(self.proc.pid)
+            for proc in [root, *root.children(recursive=True)]:
+                with contextlib.suppress(psutil.Error):
+                    found |= {f.path for f in proc.open_files() if f.path.startswith(SHM_PREFIX)}
+        return found
+
     def stop(self) -> None:
+        self.owned_files |= self.shm_files()
         if self.proc is not None and self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGTERM)
@@ -124,7 +152,14 @@ class SGLangServer:
                 os.killpg(self.proc.pid, signal.SIGKILL)
         if getattr(self, "_log", None):
             self._log.close()
-        cleanup_leftovers()
+        self.remove_own_files()
+
+    def remove_own_files(self) -> None:
+        for path in self.owned_files:
+            with contextlib.suppress(OSError):
+                os.remove(path)
+        if self.runtime_dir is not None:
+            shutil.rmtree(self.runtime_dir, ignore_errors=True)
 
     def status(self) -> dict | None:
         """The controller's latest status file (see `sglang_ext.status`), if any."""
@@ -158,21 +193,25 @@ class SGLangServer:
         return None
 
 
-def cleanup_leftovers() -> None:
-    """SGLang leaves its load snapshots in /dev/shm; we leave report sockets in /tmp."""
-    for path in glob.glob("/dev/shm/sglang_loads_*") + glob.glob("/tmp/sglang_ext_reports_*"):
-        with contextlib.suppress(OSError):
-            os.remove(path)
-
-
 @contextlib.contextmanager
-def server_lock() -> Iterator[None]:
-    with open(LOCK_PATH, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+def server_lock(path: str = LOCK_PATH) -> Iterator[None]:
+    fd = open_lock_file(path)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def open_lock_file(path: str) -> int:
+    """Open (creating) a lock file at a fixed, shared path without following a symlink
+    there, and without truncating it. Another user's lock file is opened read-only
+    (flock needs no write access)."""
+    flags = os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        return os.open(path, flags | os.O_RDWR, 0o644)
+    except PermissionError:
+        return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
 
 
 @contextlib.contextmanager

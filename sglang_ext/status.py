@@ -1,15 +1,22 @@
 """A JSON status file the controller keeps current: what it believes about the cluster.
 
 Operators and tests read it to see the ledger, the mirror and the feeds without
-attaching to the controller process. Written atomically (temp file + rename), at most
-every `min_interval_s`, only when something changed. Enabled by SGLANG_EXT_STATUS_FILE.
+attaching to the controller process. Written atomically (a temp file beside it, then a
+rename), at most every `min_interval_s`, only when something changed. Enabled by
+SGLANG_EXT_STATUS_FILE.
+
+The temp file gets a fresh random name, created exclusively (`tempfile.mkstemp`:
+`O_CREAT | O_EXCL`, mode 0600): a fixed name such as `status.json.tmp` in a shared
+folder could be a symlink planted by another user, and opening it would write through.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
+import tempfile
 from collections import deque
 
 ENV_STATUS_FILE = "SGLANG_EXT_STATUS_FILE"
@@ -36,10 +43,16 @@ class StatusWriter:
             return
         body = snapshot()
         body["recent_decisions"] = list(self.decisions)
-        tmp = f"{self.path}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(body, f, default=_plain)
-        os.replace(tmp, self.path)
+        folder, name = os.path.split(os.path.abspath(self.path))
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(body, f, default=_plain)
+            os.replace(tmp, self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+            raise
         self._dirty = False
         self._last_write_s = now_s
 

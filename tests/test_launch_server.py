@@ -31,9 +31,37 @@ def test_equals_form_and_approximate_mirror():
     assert "--kv-events-config" not in argv
 
 
-def test_user_kv_events_config_is_kept():
-    argv = translate_args(["--kv-events-config", '{"publisher": "zmq"}'], {})
-    assert argv.count("--kv-events-config") == 1
+def test_user_kv_events_config_on_loopback_is_kept():
+    cfg = '{"publisher": "zmq", "endpoint": "tcp://127.0.0.1:6000", "replay_endpoint": "tcp://[::1]:6100"}'
+    argv = translate_args(["--kv-events-config", cfg], {})
+    assert argv.count("--kv-events-config") == 1 and argv[argv.index("--kv-events-config") + 1] == cfg
+
+
+@pytest.mark.parametrize("cfg", [
+    '{"publisher": "zmq"}',  # SGLang's default endpoint: tcp://*:5557, every interface
+    '{"publisher": "zmq", "endpoint": "tcp://0.0.0.0:6000"}',
+    '{"publisher": "zmq", "endpoint": "tcp://10.1.2.3:6000", "bind": false}',  # pushed to another host
+    '{"publisher": "zmq", "endpoint": "tcp://127.0.0.1:6000", "replay_endpoint": "tcp://*:6100"}',
+    '{"publisher": "zmq", "endpoint": "tcp://eth0:6000"}',
+])
+def test_a_kv_event_feed_beyond_loopback_is_refused_unless_allowed(cfg, capsys):
+    with pytest.raises(UsageError, match="carries prompt token ids.*--kv-events-allow-remote"):
+        translate_args(["--kv-events-config", cfg], {})
+    argv = translate_args([f"--kv-events-config={cfg}", "--kv-events-allow-remote"], {})
+    assert "--kv-events-allow-remote" not in argv  # ours, not SGLang's
+    assert "warning" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("cfg", ['{"publisher": "null", "endpoint": "tcp://*:1"}',
+                                 '{"publisher": "zmq", "endpoint": "ipc:///tmp/feed"}'])
+def test_feeds_that_reach_no_other_host_need_no_flag(cfg):
+    translate_args(["--kv-events-config", cfg], {})
+
+
+def test_a_kv_events_config_that_is_no_json_object_is_a_usage_error():
+    for cfg in ("{not json", "[1]"):
+        with pytest.raises(UsageError, match="--kv-events-config"):
+            translate_args(["--kv-events-config", cfg], {})
 
 
 def test_plugin_is_added_to_a_user_whitelist():
