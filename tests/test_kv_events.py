@@ -23,6 +23,7 @@ from sglang.srt.disaggregation.kv_events import (  # noqa: E402
     ZmqEventPublisher,
 )
 
+from sglang_ext.core.events import EventApplier  # noqa: E402
 from sglang_ext.core.global_tree import GlobalTree  # noqa: E402
 from sglang_ext.kv_events import EventFeedConfig, KVEventSubscriber  # noqa: E402
 from sglang_ext.launch_server import loopback_kv_events_config  # noqa: E402
@@ -126,3 +127,46 @@ def test_malformed_frames_are_skipped(feed):
     assert sub.applier.stats.unknown_events == 1
     raw.close(0)
     sub.close()
+
+
+def payload(*events) -> bytes:
+    return msgspec.msgpack.encode(batch(*events))
+
+
+def test_a_restarted_ranks_new_stream_is_followed_not_discarded_as_duplicates():
+    """Host-free: the applier alone. Rank 0 publishes 0..2, restarts (numbers from 0 again,
+    its cache empty), publishes a new prefix: the mirror follows the new stream."""
+    tree = GlobalTree(2, page_size=1)
+    applier = EventApplier(tree, replay_available=True)
+    for seq, (h, parent, tok) in enumerate([(1, None, 40), (2, 1, 41), (3, 2, 42)]):
+        assert not applier.on_live(0, seq, payload(stored([h], parent, [tok])), now_s=0.0)
+    assert tree.match([40, 41, 42]) == [3, 0]
+    assert not applier.on_live(0, 0, payload(stored([9], None, [70])), now_s=1.0)
+    assert tree.match([40, 41, 42]) == [0, 0]  # the old cache died with the process
+    assert tree.match([70]) == [1, 0]
+    assert not applier.on_live(0, 1, payload(stored([10], 9, [71])), now_s=1.1)
+    assert tree.match([70, 71]) == [2, 0]
+    assert applier.stats.restarts == 1 and applier.stats.gaps == 0
+
+
+def test_a_restart_seen_late_is_a_gap_in_the_new_stream():
+    tree = GlobalTree(1, page_size=1)
+    applier = EventApplier(tree, replay_available=True)
+    for seq in range(3):
+        applier.on_live(0, seq, payload(stored([seq + 1], seq or None, [40 + seq])), now_s=0.0)
+    # The new publisher's batch 0 was lost: its batch 1 asks for a replay from 0.
+    assert applier.on_live(0, 1, payload(stored([8], 7, [81])), now_s=1.0)
+    assert applier.state(0).expected_seq == 0 and tree.is_uncertain(0)
+    assert applier.stats.restarts == 1 and applier.stats.gaps == 1
+
+
+def test_a_replayed_batch_seen_again_live_is_still_a_duplicate():
+    tree = GlobalTree(1, page_size=1)
+    applier = EventApplier(tree, replay_available=True)
+    assert applier.on_live(0, 2, payload(stored([3], 2, [42])), now_s=0.0)  # late join: gap from 0
+    for seq, (h, parent, tok) in enumerate([(1, None, 40), (2, 1, 41), (3, 2, 42)]):
+        applier.on_replayed(0, seq, payload(stored([h], parent, [tok])))
+    applier.on_replayed(0, 3, payload(stored([4], 3, [43])))  # the replay ran ahead of the live stream
+    applier.on_replay_end(0)
+    assert not applier.on_live(0, 3, payload(stored([4], 3, [43])), now_s=0.1)
+    assert applier.stats.restarts == 0 and tree.match([40, 41, 42, 43]) == [4]

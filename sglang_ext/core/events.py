@@ -9,6 +9,14 @@ with SGLang's typed union, so an event type we do not know is skipped with a log
 instead of failing its whole batch. Events of a non-GPU `medium` (the host-memory tier of
 hierarchical caching) are ignored: only device-resident pages save prefill.
 
+Restarts: a publisher numbers its batches from 0 when it is created (SGLang 0.5.23,
+`ZmqEventPublisher._seq_gen = count()`), and one live stream never repeats or reorders a
+number. So a live batch numbered at or below the last *live* one seen from that rank
+means the rank's publisher started over (the scheduler restarted, its cache empty): the
+mirror of that rank is cleared and the new stream followed from its first batch. (A
+number merely below `expected_seq` but above the last live one is a true duplicate: a
+replay delivered it first.)
+
 Gaps: each rank's sequence numbers must be consecutive. On a gap the rank is marked
 uncertain in the tree (the router then trusts none of its matches), later live batches
 are held back, and the missed range is asked for on the replay endpoint when there is
@@ -39,6 +47,7 @@ class FeedStats(msgspec.Struct):
     removed_pages: int = 0
     cleared: int = 0
     gaps: int = 0
+    restarts: int = 0
     replays: int = 0
     resyncs: int = 0
     malformed: int = 0
@@ -48,6 +57,7 @@ class FeedStats(msgspec.Struct):
 @dataclass
 class _RankState:
     expected_seq: int | None = None  # None until the first batch
+    last_live_seq: int | None = None  # the newest number seen on the live stream
     replaying: bool = False
     replay_deadline_s: float = 0.0
     held: dict[int, bytes] = field(default_factory=dict)  # seq -> payload, during a gap
@@ -72,6 +82,9 @@ class EventApplier:
 
     def on_live(self, rank: int, seq: int, payload: bytes, now_s: float) -> bool:
         st = self.ranks[rank]
+        if st.last_live_seq is not None and seq <= st.last_live_seq:
+            st = self._restart(rank, seq)
+        st.last_live_seq = seq
         if st.expected_seq is None:
             # First batch seen. A late subscriber (ZMQ's slow joiner) may have missed
             # the first ones: treat a non-zero start as a gap from 0.
@@ -123,6 +136,17 @@ class EventApplier:
             if st.replaying and now_s >= st.replay_deadline_s:
                 logger.warning("kv-events: rank %d replay timed out", rank)
                 self.on_replay_end(rank)
+
+    def _restart(self, rank: int, seq: int) -> _RankState:
+        """The rank's publisher started over: its old cache is gone, its numbers begin
+        again at 0. Returns the rank's fresh state."""
+        self.stats.restarts += 1
+        logger.warning("kv-events: rank %d restarted its event stream (seq %d after %d); mirror cleared",
+                       rank, seq, self.ranks[rank].last_live_seq)
+        self.ranks[rank] = _RankState()
+        self.tree.apply_cleared(rank)
+        self.tree.mark_uncertain(rank, False)
+        return self.ranks[rank]
 
     def _resync(self, rank: int) -> None:
         """Forget the rank's mirror and follow its live stream from the newest batch."""
