@@ -21,7 +21,9 @@ prompt token ids, so it never listens beyond 127.0.0.1 unless you say so: a
 `--kv-events-config` whose endpoints are not loopback (SGLang's default `tcp://*:5557`
 binds every interface) is refused unless `--kv-events-allow-remote` is given too, and
 then a warning says what the feed carries. `approximate` leaves events off and the
-controller inserts routed prompts itself.
+controller inserts routed prompts itself. `auto` settles for the approximate mirror when
+no feed can be had (a user config without a ZeroMQ publisher, no free loopback ports);
+`events` refuses to start then.
 """
 
 from __future__ import annotations
@@ -119,8 +121,19 @@ def translate_args(argv: list[str], environ: dict) -> list[str]:
         if remote:
             print(f"launch_server: warning: the KV-event feed on {', '.join(remote)} carries prompt token ids "
                   "and is reachable beyond this host", file=sys.stderr)
+        if mirror == "events" and json.loads(user_events).get("publisher", "null") != "zmq":
+            raise UsageError("--kv-mirror events needs a ZeroMQ KV-event feed, and this --kv-events-config "
+                             "publishes none (use auto to fall back to the approximate mirror)")
     elif mirror != "approximate":
-        argv += ["--kv-events-config", json.dumps(loopback_kv_events_config(_dp_size(argv)))]
+        dp_size = _dp_size(argv)
+        try:
+            argv += ["--kv-events-config", json.dumps(loopback_kv_events_config(dp_size))]
+        except UsageError:
+            if mirror == "events":
+                raise
+            # auto: the approximate mirror needs no feed
+            print("launch_server: warning: no free loopback ports for the KV-event feed; "
+                  "using the approximate mirror", file=sys.stderr)
     if _flag_value(argv, "--device") == "cpu":
         from sglang_ext.cpu_host import CPU_COST_MODEL, apply_cpu_defaults
 

@@ -182,3 +182,63 @@ def test_controller_is_idle_when_no_requests_arrive(server):
     proc.cpu_percent(None)
     time.sleep(3.0)
     assert proc.cpu_percent(None) < 5.0
+
+
+class _RankStatusFeed:
+    """Tells the server that ranks went up or down, as SGLang's schedulers do under
+    elastic EP (`scheduler.py: _maybe_report_active_ranks`): an `ActiveRanksOutput` sent
+    to the tokenizer manager, which forwards it to the controller. The tokenizer
+    manager's reply PULL is the only PULL its process binds (`tokenizer_manager.py:
+    init_ipc_channels`); IMMEDIATE keeps the message off the other sockets it binds
+    (they are PUSH / DEALER, whose handshakes with a PUSH fail)."""
+
+    def __init__(self, server):
+        import zmq
+
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.PUSH)
+        self.sock.setsockopt(zmq.IMMEDIATE, 1)
+        self.sock.setsockopt(zmq.LINGER, 1000)
+        paths = {c.laddr for c in psutil.Process(server.proc.pid).net_connections(kind="unix")
+                 if isinstance(c.laddr, str) and c.laddr}
+        assert paths, "the server's main process binds no unix sockets"
+        for path in paths:
+            self.sock.connect(f"ipc://{path}")
+        time.sleep(1.0)  # handshakes
+
+    def send(self, status: list[bool]) -> None:
+        from sglang.srt.managers.io_struct import ActiveRanksOutput, sock_send
+
+        sock_send(self.sock, ActiveRanksOutput(status=status))
+
+    def close(self) -> None:
+        self.sock.close()
+        self.ctx.term()
+
+
+def test_zz_a_request_pinned_to_a_dead_rank_gets_an_error_and_the_server_keeps_serving(server):
+    """Runs last: marking a rank down clears its mirror."""
+    import urllib.error
+
+    rng = random.Random(10)
+    feed = _RankStatusFeed(server)
+    try:
+        feed.send([True, False])
+        status = server.wait_status(lambda s: not s["loads"][1]["alive"], timeout_s=20)
+        assert not status["loads"][1]["alive"], "the controller never heard that rank 1 went down"
+        before = status["unroutable"]["error_replies"]
+        started = time.monotonic()
+        with pytest.raises(urllib.error.HTTPError) as err:
+            generate(server.url, input_ids=ids(rng, 20), max_new_tokens=2, routed_dp_rank=1, timeout_s=60)
+        assert err.value.code == 503 and "routed_dp_rank=1 is not active" in err.value.read().decode()
+        assert time.monotonic() - started < 30  # answered, not timed out
+        replies = [generate(server.url, input_ids=ids(rng, 20), max_new_tokens=2) for _ in range(3)]
+        assert [meta(r)["dp_rank"] for r in replies] == [0, 0, 0]  # the live rank serves everything
+        status = server.wait_status(lambda s: s["unroutable"]["error_replies"] > before)
+        assert status["unroutable"]["error_replies"] == before + 1
+    finally:
+        feed.send([True, True])
+        server.wait_status(lambda s: all(ld["alive"] for ld in s["loads"]), timeout_s=20)
+        feed.close()
+    reply = generate(server.url, input_ids=ids(rng, 20), max_new_tokens=2, routed_dp_rank=1)
+    assert meta(reply)["dp_rank"] == 1

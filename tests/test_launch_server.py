@@ -131,3 +131,18 @@ def test_cost_model_is_checked_at_launch_and_handed_to_the_controller():
     assert env[ENV_COST_MODEL] == "online:a100-llama3.1-8b"
     with pytest.raises(UsageError, match="--cost-model: no cost model 'nope'"):
         translate_args(["--cost-model", "nope"], {})
+
+
+def test_kv_mirror_events_refuses_to_start_without_a_feed_where_auto_settles_for_approximate(monkeypatch, capsys):
+    import sglang_ext.launch_server as launcher
+
+    no_feed = '{"publisher": "null"}'
+    argv = translate_args(["--kv-mirror", "auto", "--kv-events-config", no_feed], {})
+    assert argv[argv.index("--kv-events-config") + 1] == no_feed
+    with pytest.raises(UsageError, match="--kv-mirror events needs a ZeroMQ KV-event feed"):
+        translate_args(["--kv-mirror", "events", "--kv-events-config", no_feed], {})
+    monkeypatch.setattr(launcher, "_ports_free", lambda ports: False)  # every loopback port taken
+    assert "--kv-events-config" not in translate_args(["--kv-mirror", "auto"], {})
+    assert "approximate mirror" in capsys.readouterr().err
+    with pytest.raises(UsageError, match="no free loopback ports"):
+        translate_args(["--kv-mirror", "events"], {})
