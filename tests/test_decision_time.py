@@ -165,3 +165,18 @@ def test_shipped_model_files_load():
         src = parse_decision_time(f"model:{file}")
         for c in src._by_policy.values():
             assert src.seconds(c.policy, 128, 0, 0.0) > 0
+
+
+def test_published_preble_grows_with_history_up_to_the_published_steady_state():
+    src = parse_decision_time(f"model:{PUBLISHED}")
+    early, steady, later = (src.seconds("preble", 64, n, 0.0) for n in (500, 4500, 20_000))
+    assert early < steady == pytest.approx(7.1e-3) == later
+
+
+def test_measured_models_name_this_host_and_cover_every_registered_policy():
+    from sglang_ext.core.policies import POLICIES
+
+    for policy in POLICIES:
+        raw = json.loads((MODELS / f"{policy}.json").read_text())
+        assert "bench policies" in raw["source"] and "host" in raw["host"]
+        assert parse_decision_time(f"model:{MODELS}").seconds(policy, 16, 1000, 0.0) > 0
