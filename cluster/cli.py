@@ -24,6 +24,8 @@ EXAMPLES = """examples:
   python -m cluster simulate react.jsonl --gpus 16 --policy prefix_length_aware --length-source oracle \\
       --cost-model h100-llama3.1-8b --kv-capacity-tokens 400000 --decision-time fixed:200 --seed 1 --out sim1
   python -m cluster simulate react.jsonl --gpus 8 --policy round_robin --event-delay-ms 20 --debug-checks --out sim2
+  python -m cluster sweep cluster/sweeps/poster.toml --out runs/poster --processes 2
+  python -m cluster report runs/poster
 exit codes: 0 ok, 2 bad input, 1 runtime failure
 """
 
@@ -144,6 +146,51 @@ def _simulate_parser(p: argparse.ArgumentParser) -> Runner:
         if not a.quiet:
             print_table(outcome.summary, wall_s, f"{config.policy} on {config.gpus} GPUs ({a.trace})")
         print(f"cluster: wrote {a.out}/requests.csv, summary.json, config.json", file=sys.stderr)
+        return 0
+
+    return run
+
+
+@subcommand("sweep", "simulate every cell of a sweep spec (TOML), in parallel processes, resumable")
+def _sweep_parser(p: argparse.ArgumentParser) -> Runner:
+    p.add_argument("spec", help="sweep spec (TOML; examples in cluster/sweeps/)")
+    p.add_argument("--out", required=True, help="sweep folder; cells already finished there are skipped")
+    p.add_argument("--processes", type=int, default=None, help="parallel simulations (default: CPU cores)")
+    p.add_argument("--no-report", action="store_true", help="do not write the report when the sweep ends")
+
+    def run(a: argparse.Namespace) -> int:
+        import pathlib
+
+        from cluster import sweep
+
+        if a.processes is not None and a.processes < 1:
+            raise ValueError(f"--processes must be >= 1, got {a.processes}")
+        spec = sweep.load_spec(a.spec)
+        out = pathlib.Path(a.out)
+        counts = sweep.run_sweep(spec, out, processes=a.processes)
+        print(f"cluster: sweep {spec.name}: {counts['done']} run, {counts['skipped']} already done, "
+              f"{counts['failed']} failed, of {counts['cells']} cells", file=sys.stderr)
+        if not a.no_report and counts["failed"] < counts["cells"]:
+            from cluster.report import write_report
+
+            print(f"cluster: report {write_report(out)}", file=sys.stderr)
+        return 1 if counts["failed"] else 0
+
+    return run
+
+
+@subcommand("report", "a sweep folder's results as a Markdown table and PNG plots")
+def _report_parser(p: argparse.ArgumentParser) -> Runner:
+    p.add_argument("sweep_dir", help="a folder written by `python -m cluster sweep`")
+    p.add_argument("--out", default=None, help="report folder (default: SWEEP_DIR/report)")
+
+    def run(a: argparse.Namespace) -> int:
+        import pathlib
+
+        from cluster.report import write_report
+
+        path = write_report(pathlib.Path(a.sweep_dir), pathlib.Path(a.out) if a.out else None)
+        print(f"cluster: wrote {path}", file=sys.stderr)
         return 0
 
     return run
