@@ -20,6 +20,7 @@ from sglang_ext.core.policies.kv_cost import KvCost
 from sglang_ext.core.policies.lmetric import LMetric
 from sglang_ext.core.policies.preble import Preble
 from sglang_ext.core.policies.prefix_length_aware import PrefixLengthAware
+from sglang_ext.core.policies.random_choice import RandomChoice
 from sglang_ext.core.policies.round_robin import RoundRobin
 from sglang_ext.core.policies.total_requests import TotalRequests
 from sglang_ext.core.policies.total_tokens import TotalTokens
@@ -29,7 +30,7 @@ STOCK_METHODS = ("round_robin", "total_requests", "total_tokens")
 
 POLICIES: dict[str, type[Policy]] = {
     cls.name: cls for cls in (RoundRobin, TotalRequests, TotalTokens, PrefixLengthAware,
-                              CacheAware, KvCost, LMetric, Preble)
+                              CacheAware, KvCost, LMetric, Preble, RandomChoice)
 }
 
 
