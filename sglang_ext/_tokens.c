@@ -10,7 +10,8 @@
  * - a list or tuple of ints (tests, the simulator, KV events' `token_ids`);
  * - any one-dimensional C-contiguous buffer of native integers (`array('q')`, numpy
  *   int arrays): SGLang 0.5.23 hands the controller `TokenizedGenerateReqInput.input_ids`
- *   as `array('q')` (DESIGN.md 7.5), and turning that into a list first cost ~50 us per
+ *   as `array('q')` (its `srt/managers/tokenizer_manager.py` builds
+ *   `array("q", input_ids)`), and turning that into a list first cost ~50 us per
  *   8K-token prompt per call, more than the whole match. A buffer is read as machine
  *   integers, without making an int object per token.
  * Anything else (other sequences, byte-swapped or strided buffers, floats) goes through

@@ -7,7 +7,8 @@ when the package was built with a C compiler, else pure-Python equivalents (same
 results, several times slower on long prompts).
 
 `ids` may be a list or tuple of ints, or any one-dimensional buffer of integers: SGLang
-0.5.23 hands the controller `input_ids` as `array('q')` (DESIGN.md 7.5), which the
+0.5.23 hands the controller `input_ids` as `array('q')` (its
+`srt/managers/tokenizer_manager.py` builds `array("q", input_ids)`), which the
 compiled helpers read in place through the buffer protocol (copying it into a list
 first cost more than the match itself).
 
