@@ -26,6 +26,7 @@ EXAMPLES = """examples:
   python -m cluster simulate react.jsonl --gpus 8 --policy round_robin --event-delay-ms 20 --debug-checks --out sim2
   python -m cluster sweep cluster/sweeps/poster.toml --out runs/poster --processes 2
   python -m cluster report runs/poster
+  python -m cluster bench --out runs/bench --gpus 16 --rates-rps 128 --duration-s 600
 exit codes: 0 ok, 2 bad input, 1 runtime failure
 """
 
@@ -191,6 +192,32 @@ def _report_parser(p: argparse.ArgumentParser) -> Runner:
 
         path = write_report(pathlib.Path(a.sweep_dir), pathlib.Path(a.out) if a.out else None)
         print(f"cluster: wrote {path}", file=sys.stderr)
+        return 0
+
+    return run
+
+
+@subcommand("bench", "what the simulator itself costs on this host, against GPUs and rate")
+def _bench_parser(p: argparse.ArgumentParser) -> Runner:
+    p.add_argument("--out", required=True, help="folder for traces/, bench.json and bench.png")
+    p.add_argument("--gpus", type=int, nargs="+", default=[8, 16, 32, 64, 128], help="simulated GPU counts")
+    p.add_argument("--rates-rps", type=float, nargs="+", default=[32.0, 128.0], help="request rates")
+    p.add_argument("--duration-s", type=float, default=60.0,
+                   help="trace length (the target is stated for 600 s at 16 GPUs and 128 rps)")
+    p.add_argument("--policy", default="prefix_length_aware", help="routing policy")
+    p.add_argument("--cost-model", default="preble-a6000-mistral-7b", help="the workers' cost model")
+    p.add_argument("--seed", type=int, default=1, help="trace and simulation seed")
+
+    def run(a: argparse.Namespace) -> int:
+        import pathlib
+
+        from cluster.bench import run_bench
+        from cluster.config import resolve
+
+        if min(a.gpus) < 1 or min(a.rates_rps) <= 0 or a.duration_s <= 0:
+            raise ValueError("--gpus must be >= 1, --rates-rps and --duration-s > 0")
+        resolve(SimConfig(policy=a.policy, cost_model=a.cost_model))   # bad names: one line, before any work
+        run_bench(pathlib.Path(a.out), a.gpus, a.rates_rps, a.duration_s, a.policy, a.cost_model, a.seed)
         return 0
 
     return run
