@@ -321,6 +321,9 @@ class SimWorker:
                 radix.unlock(lock)
                 break
             tokens, is_chunk = plan
+            if is_chunk and new_chunked is not None:
+                radix.unlock(lock)  # one chunked request at a time (`scheduler.py` asserts it)
+                break
             req.prefix, req.lock, req.done, req.owned = match.cached_tokens, lock, match.cached_tokens, 0
             if not req.prefilled_once:
                 req.first_cached = match.cached_tokens
