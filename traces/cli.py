@@ -1,4 +1,4 @@
-"""`python -m traces generate {react,toolbench,sharegpt,prefix-groups} | replay | stats`.
+"""`python -m traces generate {react,toolbench,sharegpt,prefix-groups} | predict | replay | stats`.
 
 Exit codes: 0 ok, 2 bad input (options, trace files), 1 runtime failure (server
 unreachable, failed requests). Errors are one line on stderr, never a traceback.
@@ -24,6 +24,7 @@ EXAMPLES = """examples:
   python -m traces generate sharegpt --out chat.jsonl --max-turns 3 --token-ids
   python -m traces generate prefix-groups --out groups.jsonl --groups 4 --prompts-per-group 6 \\
       --prefix-tokens 512 --question-tokens 32 --output-tokens 16 --rate-rps 0.5 --tokenizer models/smollm2-135m
+  python -m traces predict chat.jsonl --out chat-predicted.jsonl --model length_model/artifacts
   python -m traces stats react.jsonl --out react-stats
   python -m traces replay react.jsonl --url http://127.0.0.1:30000 --out run1 --rate-scale 2
 exit codes: 0 ok, 2 bad input, 1 runtime failure
@@ -123,6 +124,15 @@ def build_parser() -> argparse.ArgumentParser:
     pg.add_argument("--out", required=True, help="trace file to write (JSONL)")
     _dataclass_options(pg, PrefixGroupsConfig)
 
+    pr = sub.add_parser("predict", help="add the shipped length predictor's predicted_output_tokens to every request",
+                        epilog=EXAMPLES, formatter_class=fmt)
+    pr.add_argument("trace")
+    pr.add_argument("--out", required=True, help="trace to write: the input plus predicted_output_tokens")
+    pr.add_argument("--model", default=None, help="predictor folder (default: length_model/artifacts)")
+    pr.add_argument("--batch-size", type=int, default=16, help="prompts per predict call (the live controller's largest micro-batch)")
+    pr.add_argument("--no-cache", action="store_true", help="predict again even if TRACE.predictions-<key>.json exists")
+    pr.add_argument("--no-progress", action="store_true")
+
     rp = sub.add_parser("replay", help="open-loop replay against SGLang /generate", epilog=EXAMPLES, formatter_class=fmt)
     rp.add_argument("trace")
     rp.add_argument("--url", default="http://127.0.0.1:30000", help="SGLang server (default: loopback)")
@@ -202,6 +212,16 @@ def _stats(a: argparse.Namespace) -> int:
     return 0
 
 
+def _predict(a: argparse.Namespace) -> int:
+    from traces.predict import PredictConfig, run
+
+    result = run(PredictConfig(a.trace, a.out, a.model, a.batch_size, progress=not a.no_progress,
+                               use_cache=not a.no_cache))
+    how = f"cached in {result.cache_file}" if result.cached else f"predicted, cache {result.cache_file}"
+    print(f"traces: wrote {result.requests} requests with predicted_output_tokens to {result.out} ({how})")
+    return 0
+
+
 def _replay(a: argparse.Namespace) -> int:
     from traces.replay import ReplayConfig, run
 
@@ -241,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
             return _generate(args)
         if args.command == "stats":
             return _stats(args)
+        if args.command == "predict":
+            return _predict(args)
         return _replay(args)
     except (TraceError, ValueError) as err:
         print(f"{where}: error: {' '.join(str(err).split())}", file=sys.stderr)
