@@ -27,6 +27,7 @@ EXAMPLES = """examples:
   python -m cluster sweep cluster/sweeps/poster.toml --out runs/poster --processes 2
   python -m cluster report runs/poster
   python -m cluster bench --out runs/bench --gpus 16 --rates-rps 128 --duration-s 600
+  python -m cluster calibrate --model tiny --out docs/results/calibration/tiny --install   # real SGLang
 exit codes: 0 ok, 2 bad input, 1 runtime failure
 """
 
@@ -218,6 +219,42 @@ def _bench_parser(p: argparse.ArgumentParser) -> Runner:
             raise ValueError("--gpus must be >= 1, --rates-rps and --duration-s > 0")
         resolve(SimConfig(policy=a.policy, cost_model=a.cost_model))   # bad names: one line, before any work
         run_bench(pathlib.Path(a.out), a.gpus, a.rates_rps, a.duration_s, a.policy, a.cost_model, a.seed)
+        return 0
+
+    return run
+
+
+@subcommand("calibrate", "fit the CPU cost model from real SGLang probes (dp=1, dp=2), then compare a held-out "
+                         "trace live against the simulator")
+def _calibrate_parser(p: argparse.ArgumentParser) -> Runner:
+    from cluster.calibrate import CalibrateConfig
+
+    p.add_argument("--out", required=True, help="folder for calibration.json, table.txt, PNGs, live and sim runs")
+    p.add_argument("--install", action="store_true", help="also copy the fitted cost model into "
+                   "sglang_ext/core/cost_models/ (cpu-tiny-llama.json or cpu-smollm2-135m.json)")
+    group = p.add_argument_group("calibration")
+    for f in dataclasses.fields(CalibrateConfig):
+        flag = "--" + f.name.replace("_", "-")
+        kw: dict = {"dest": f.name, "help": f.metadata.get("help")}
+        if isinstance(f.default, bool):
+            kw.update(action=argparse.BooleanOptionalAction, default=f.default)
+        elif isinstance(f.default, tuple):
+            kw.update(default=",".join(str(v) for v in f.default), metavar="A,B,...")
+        else:
+            kw.update(default=f.default, type=type(f.default))
+            if "choices" in f.metadata:
+                kw["choices"] = f.metadata["choices"]
+        group.add_argument(flag, **kw)
+
+    def run(a: argparse.Namespace) -> int:
+        import pathlib
+
+        from cluster.calibrate import config_from_args, run_calibration
+
+        config = config_from_args(a)
+        config.check()
+        run_calibration(config, pathlib.Path(a.out), install=a.install)
+        print(f"cluster: wrote {a.out}/calibration.json, table.txt, fit.png, live_vs_sim.png", file=sys.stderr)
         return 0
 
     return run
