@@ -195,6 +195,12 @@ def write_report(root: pathlib.Path, out: pathlib.Path | None = None) -> pathlib
     text = [f"# Sweep report: {root.name}", "",
             f"{len(cells)} cells, seeds {seeds}. Figures: mean over seeds (min-max in brackets).", "",
             markdown(table), "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in images]
+    from cluster import oracle_gain
+
+    # Appended, so the tables above read as before; empty unless the sweep ran
+    # prefix_length_aware with max_new_tokens, oracle and predicted lengths.
+    if gain := oracle_gain.write(root, out):
+        text += ["", gain]
     path = out / "report.md"
     path.write_text("\n".join(text) + "\n")
     (out / "table.json").write_text(json.dumps(

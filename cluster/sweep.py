@@ -14,9 +14,13 @@ A spec is a TOML file (examples in `cluster/sweeps/`):
     [workloads.react]              # a `python -m traces generate` command line, less
     generator = "react"            # --out / --rate-rps / --seed, which the sweep sets
     args = ["--output-lengths", "1:0.5,300:0.5", "--duration-s", "60"]
+    predict = true                 # optional: `traces predict` on each trace (needed by
+    # predict_model = "DIR"        # any @predicted policy); a model folder implies predict
 
 Layout of DIR: `sweep.json` (the resolved spec), `traces/<workload>-r<rate>-s<seed>.jsonl`
-(generated once, shared by the cells that use them), and per cell
+(generated once, shared by the cells that use them; a predicting workload's cells read
+`traces/<workload>-r<rate>-s<seed>.predicted.jsonl` instead, with the predictions'
+cache beside it), and per cell
 `cells/<workload>/g<gpus>/r<rate>/<policy>/s<seed>/` holding what `cluster simulate`
 writes. A cell whose `summary.json` exists is skipped, so an interrupted sweep resumes
 where it stopped; a failed cell leaves `error.txt` and is retried on the next run.
@@ -52,6 +56,15 @@ class Workload:
     name: str
     generator: str
     args: tuple[str, ...] = ()
+    predict: bool = False            # run `traces predict` on each generated trace
+    predict_model: str | None = None  # predictor folder; None = length_model/artifacts
+
+
+def _workload(name: str, w: dict) -> Workload:
+    predict, model = w.get("predict", False), w.get("predict_model")
+    if not isinstance(predict, bool) or not (model is None or isinstance(model, str)):
+        raise TypeError(f"workload {name}: predict must be true/false and predict_model a folder name")
+    return Workload(name, w["generator"], tuple(w.get("args", ())), predict or model is not None, model)
 
 
 @dataclass(frozen=True)
@@ -92,8 +105,7 @@ def load_spec(path: str | pathlib.Path) -> SweepSpec:
             name=str(raw.get("name", pathlib.Path(path).stem)),
             seeds=tuple(int(s) for s in raw["seeds"]), gpus=tuple(int(g) for g in raw["gpus"]),
             rates_rps=tuple(float(r) for r in raw["rates_rps"]), policies=tuple(raw["policies"]),
-            workloads=tuple(Workload(name, w["generator"], tuple(w.get("args", ())))
-                            for name, w in raw["workloads"].items()),
+            workloads=tuple(_workload(name, w) for name, w in raw["workloads"].items()),
             sim=dict(raw.get("sim", {})),
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -106,6 +118,11 @@ def load_spec(path: str | pathlib.Path) -> SweepSpec:
             raise SweepError(f"sweep spec {path}: unknown length source {source!r} in {entry!r}")
     if not all((spec.seeds, spec.gpus, spec.rates_rps, spec.policies, spec.workloads)):
         raise SweepError(f"sweep spec {path}: seeds, gpus, rates_rps, policies and workloads must be non-empty")
+    predicted = [e for e in spec.policies if split_policy(e)[1] == LengthSource.PREDICTED.value]
+    blind = [w.name for w in spec.workloads if not w.predict]
+    if predicted and blind:
+        raise SweepError(f"sweep spec {path}: {predicted[0]} needs predicted lengths but workload {blind[0]} "
+                         "does not predict (add predict = true to it)")
     return spec
 
 
@@ -116,6 +133,37 @@ def cells(spec: SweepSpec) -> list[Cell]:
 
 def trace_path(out: pathlib.Path, workload: str, rate_rps: float, seed: int) -> pathlib.Path:
     return out / "traces" / f"{workload}-r{rate_rps:g}-s{seed}.jsonl"
+
+
+def cell_trace_path(out: pathlib.Path, workload: Workload, rate_rps: float, seed: int) -> pathlib.Path:
+    """The trace a cell simulates: the generated one, or its predicted copy."""
+    path = trace_path(out, workload.name, rate_rps, seed)
+    return path.with_suffix(".predicted.jsonl") if workload.predict else path
+
+
+def predict_traces(spec: SweepSpec, out: pathlib.Path, progress: bool = True) -> None:
+    """`traces predict` on every trace of a predicting workload that lacks its copy. It runs
+    in one spawned process (the model loaded once, torch never imported by the process
+    that forks the cell workers)."""
+    from traces.predict import PredictConfig
+
+    configs = []
+    for w, rate, seed in itertools.product(spec.workloads, spec.rates_rps, spec.seeds):
+        target = cell_trace_path(out, w, rate, seed)
+        if w.predict and not target.exists():
+            configs.append(PredictConfig(str(trace_path(out, w.name, rate, seed)), str(target), w.predict_model,
+                                         progress=progress))
+    if not configs:
+        return
+    import multiprocessing
+
+    from traces.predict import run_many
+
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        try:
+            pool.submit(run_many, configs).result()
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise SweepError(f"traces predict failed: {' '.join(str(exc).split())}") from None
 
 
 def generate_traces(spec: SweepSpec, out: pathlib.Path) -> None:
@@ -186,6 +234,8 @@ def run_sweep(spec: SweepSpec, out: pathlib.Path, processes: int | None = None, 
     out.mkdir(parents=True, exist_ok=True)
     (out / "sweep.json").write_text(json.dumps(dataclasses.asdict(spec), indent=2) + "\n")
     generate_traces(spec, out)
+    predict_traces(spec, out, progress)
+    workloads = {w.name: w for w in spec.workloads}
     todo = [c for c in cells(spec) if not (c.path(out) / "summary.json").exists()]
     counts = {"cells": len(cells(spec)), "skipped": len(cells(spec)) - len(todo), "done": 0, "failed": 0}
     processes = processes or max(1, (os.cpu_count() or 1))
@@ -198,7 +248,7 @@ def run_sweep(spec: SweepSpec, out: pathlib.Path, processes: int | None = None, 
             cell_dir = cell.path(out)
             cell_dir.mkdir(parents=True, exist_ok=True)
             (cell_dir / "error.txt").unlink(missing_ok=True)
-            trace = trace_path(out, cell.workload, cell.rate_rps, cell.seed)
+            trace = cell_trace_path(out, workloads[cell.workload], cell.rate_rps, cell.seed)
             futures[pool.submit(run_cell, cell, str(trace), spec.sim, str(cell_dir))] = cell
         for future in as_completed(futures):
             cell = futures[future]
