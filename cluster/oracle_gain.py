@@ -14,7 +14,8 @@ A share is only meaningful if the oracle's gain stands out of seed-to-seed noise
 oracle's gain is called "within the seed spread" when it is not larger than the wider of
 the two seed ranges (max - min over seeds) of `max_new_tokens` and of `oracle`, the same
 ranges `python -m cluster report` prints in brackets, or when any seed's own gain is not
-positive; the share is then printed but marked as meaning nothing.
+positive; the share is then printed but marked as meaning nothing. With one seed there is
+no spread, and no share is called meaningful.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ class GainShare:
     share: float | None        # None when the oracle's gain is exactly 0
     share_min: float | None    # per-seed shares (paired by seed)
     share_max: float | None
-    meaningful: bool           # the oracle's gain exceeds the seed spread, every seed gains
+    meaningful: bool           # >= 2 seeds, the oracle's gain exceeds the seed spread, every seed gains
 
 
 def _policy_entry(entry: str) -> tuple[str, str]:
@@ -84,7 +85,7 @@ def gain_shares(cells: dict[tuple, dict], policy: str = "prefix_length_aware") -
                 workload, gpus, rate, title, len(ok), mean(m), mean(o), mean(p), gain, spread,
                 (mean(m) - mean(p)) / gain if gain != 0 else None,
                 min(per_seed) if per_seed else None, max(per_seed) if per_seed else None,
-                gain > spread and all(mi > oi for mi, oi in zip(m, o))))
+                len(ok) > 1 and gain > spread and all(mi > oi for mi, oi in zip(m, o))))
     return rows
 
 
@@ -109,7 +110,12 @@ def markdown(rows: list[GainShare], policy: str = "prefix_length_aware") -> str:
             share = _num(r.share, "{:.2f}")
             if r.share_min is not None and r.seeds > 1:
                 share += f" ({r.share_min:.2f} to {r.share_max:.2f})"
-            verdict = "oracle gain exceeds seed spread" if r.meaningful else "within seed spread: share means nothing"
+            if r.seeds < 2:
+                verdict = "one seed: no spread to judge by"
+            elif r.meaningful:
+                verdict = "oracle gain exceeds seed spread"
+            else:
+                verdict = "within seed spread: share means nothing"
             lines.append(f"| {r.gpus} | {r.rate_rps:g} | {r.metric} | {fmt.format(r.max_new_tokens)} | "
                          f"{fmt.format(r.oracle)} | {fmt.format(r.predicted)} | {fmt.format(r.oracle_gain)} | "
                          f"{fmt.format(r.seed_spread)} | {share} | {verdict} |")

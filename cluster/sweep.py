@@ -143,8 +143,8 @@ def cell_trace_path(out: pathlib.Path, workload: Workload, rate_rps: float, seed
 
 def predict_traces(spec: SweepSpec, out: pathlib.Path, progress: bool = True) -> None:
     """`traces predict` on every trace of a predicting workload that lacks its copy. It runs
-    in one spawned process (the model loaded once, torch never imported by the process
-    that forks the cell workers)."""
+    in one child process: the model is loaded once, and torch (with its thread pools) is
+    never imported by the process that later forks the cell workers."""
     from traces.predict import PredictConfig
 
     configs = []
@@ -155,11 +155,9 @@ def predict_traces(spec: SweepSpec, out: pathlib.Path, progress: bool = True) ->
                                          progress=progress))
     if not configs:
         return
-    import multiprocessing
-
     from traces.predict import run_many
 
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(max_workers=1) as pool:
         try:
             pool.submit(run_many, configs).result()
         except (ValueError, RuntimeError, OSError) as exc:

@@ -119,6 +119,13 @@ def test_an_oracle_gain_inside_the_seed_spread_is_called_meaningless():
     assert row.oracle_gain == pytest.approx(8 / 3) and row.seed_spread == 2 and not row.meaningful
 
 
+def test_one_seed_is_never_called_meaningful():
+    cells = _cells({"max_new_tokens": [(10, 40, 0.1)], "oracle": [(6, 20, 0.05)], "predicted": [(8, 30, 0.07)]})
+    rows = oracle_gain.gain_shares(cells)
+    assert rows[0].share == 0.5 and rows[0].seed_spread == 0 and not any(r.meaningful for r in rows)
+    assert "one seed: no spread to judge by" in oracle_gain.markdown(rows)
+
+
 def test_no_row_without_all_three_length_sources():
     cells = _cells({"max_new_tokens": [(10, 40, 0.1)], "oracle": [(6, 20, 0.05)]})
     cells[("chat", 8, 32.0, "round_robin", 1)] = _summary(1, 1, 1)
