@@ -237,14 +237,16 @@ class SimWorker:
                             kv_capacity_tokens=self.config.kv_capacity_tokens)
 
     def kv_tokens_in_use(self) -> int:
-        """Locked tree tokens + slots owned by requests (SGLang's `num_used`, capacity
-        less free and evictable, when the pool's books balance). Counted from the
-        requests, O(running): for checks, not for every step."""
-        return self.radix.protected_size() + self.owned_slots()
+        """Locked tree tokens + slots owned by requests: SGLang's `num_used`, capacity
+        less free and evictable. O(1); `owned_slots` counts the same from the requests
+        (the tests check that the pool's books balance)."""
+        radix = self.radix
+        return radix.pool.capacity - radix.pool.free - radix.evictable_size()
 
     def owned_slots(self) -> int:
-        """KV slots requests own beyond their locked prefixes: a running request owns
-        ceil_page(its KV length) - prefix, a chunked one what its chunks allocated."""
+        """KV slots requests own beyond their locked prefixes, counted per request,
+        O(running): a running request owns ceil_page(its KV length) - prefix, a chunked
+        one what its chunks allocated."""
         page, d = self.page, self.decode_steps
         owned = sum(-(-(r.prompt_len + d - r.offset - 1) // page) * page - r.prefix for r in self.running.values())
         return owned + (self.chunked.owned if self.chunked is not None else 0)

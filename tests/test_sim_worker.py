@@ -242,10 +242,11 @@ def test_every_request_finishes_exactly_once_with_its_output_and_kv_is_conserved
     worker = run.worker
     while worker.has_work() or run.at_step:
         run.step()
-        # The pool's books: free + cached (evictable) + locked + owned by requests = capacity.
-        assert worker.kv_tokens_in_use() + worker.radix.pool.free + worker.radix.evictable_size() \
+        # The pool's books: free + cached (evictable) + locked + owned by requests = capacity,
+        # the owned slots counted request by request.
+        radix = worker.radix
+        assert radix.pool.free + radix.evictable_size() + radix.protected_size() + worker.owned_slots() \
             == worker.config.kv_capacity_tokens
-        assert worker.kv_tokens_in_use() >= worker.radix.protected_size()
     finished = [rid_n for s in run.steps for rid_n in s.finished]
     assert sorted(finished) == sorted(wanted.items())
     if policy == "fcfs":
@@ -253,7 +254,8 @@ def test_every_request_finishes_exactly_once_with_its_output_and_kv_is_conserved
     prefilled = [rid for s in run.steps for rid, _ in s.prefill_done]
     assert sorted(prefilled) == sorted(wanted)
     # Idle: nothing owned, nothing locked, the rest is the cache.
-    assert worker.kv_tokens_in_use() == 0 and worker.radix.protected_size() == 0
+    assert worker.kv_tokens_in_use() == 0 == worker.radix.protected_size() == worker.owned_slots()
+    assert worker.radix.pool.free + worker.radix.evictable_size() == worker.config.kv_capacity_tokens
 
 
 def test_same_seed_gives_the_same_step_results_byte_for_byte():
