@@ -95,8 +95,8 @@ class CalibrateConfig:
             raise ValueError("--decode-batches needs two distinct batch sizes >= 1")
         if self.decode_output_tokens < 8:
             raise ValueError("--decode-output-tokens must be >= 8 (the decode window needs tokens)")
-        for name in ("decode_prompt_tokens", "probe_repeats", "groups", "prompts_per_group", "prefix_tokens", "question_tokens",
-                     "output_tokens", "max_total_tokens"):
+        for name in ("decode_prompt_tokens", "probe_repeats", "groups", "prompts_per_group", "prefix_tokens",
+                     "question_tokens", "output_tokens", "max_total_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
         if not self.rate_rps > 0:
@@ -199,7 +199,9 @@ def run_calibration(cfg: CalibrateConfig, out: pathlib.Path, install: bool = Fal
     vocab = int(model_config["vocab_size"])
     context = int(model_config.get("max_position_embeddings", 32768))
     out.mkdir(parents=True, exist_ok=True)
-    seeds = iter(int(s.generate_state(1)[0]) for s in np.random.SeedSequence(cfg.seed).spawn(8))
+    # One seed: a child stream per probe group and per simulation (the trace uses it as is).
+    children = np.random.SeedSequence(cfg.seed).spawn(4 + len(cfg.policies))
+    seeds = iter(int(s.generate_state(1)[0]) for s in children)
     trace_path = make_trace(cfg, model_path, out)
     trace = read_trace(str(trace_path))
     mean_prompt = float(np.mean([len(r.input_ids or []) for r in trace.requests]))

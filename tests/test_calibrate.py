@@ -183,7 +183,9 @@ def test_live_calibration_on_the_tiny_model_fits_positive_coefficients_and_repor
 
     tiny_model()
     cfg = CalibrateConfig(model="tiny", policies=("round_robin",), dp1=False, prefill_lengths=(64, 1024, 2048),
-                          decode_batches=(1, 4, 8), decode_output_tokens=24, groups=2, prompts_per_group=4,
+                          # Batches far apart: the tiny model's cost per decode request (under 1 ms)
+                          # must show above this shared host's noise (steps swing by 10 ms).
+                          decode_batches=(1, 32), decode_output_tokens=32, groups=2, prompts_per_group=4,
                           prefix_tokens=256, question_tokens=16, output_tokens=8, rate_rps=4.0, max_load_wait_s=0)
     payload = run_calibration(cfg, tmp_path)
     fit = payload["fits"]["dp2"]
