@@ -50,6 +50,9 @@ with warnings.catch_warnings():
     from sglang.srt.mem_cache.unified_radix_cache import UnifiedRadixCache
 
 
+ID_BLOCK_TOKENS = 1 << 20  # slot ids made at a time (8 MiB)
+
+
 class KVPool:
     """A fixed number of KV slots, counted. Also the tree's allocator: `free_segment`
     is the only method the tree calls (with `device`), to return slots it frees."""
@@ -62,6 +65,8 @@ class KVPool:
         self.capacity = capacity_tokens
         self.free = capacity_tokens
         self._next_id = 0
+        self._id_block = torch.empty(0, dtype=torch.int64)
+        self._id_block_start = 0
 
     def try_alloc(self, tokens: int) -> bool:
         if tokens > self.free:
@@ -80,10 +85,17 @@ class KVPool:
         self.release(len(indices))
 
     def fresh_ids(self, tokens: int):
-        """Unique slot ids for tokens the tree may adopt (it only hands them back)."""
+        """Unique slot ids for tokens the tree may adopt (it only hands them back).
+
+        Views into a preallocated block of consecutive ids: building a fresh tensor per
+        insert (`torch.arange`) cost ~36 us, a slice ~1 us (profiled in the simulator)."""
         start = self._next_id
         self._next_id += tokens
-        return torch.arange(start, start + tokens, dtype=torch.int64)
+        offset = start - self._id_block_start
+        if offset + tokens > len(self._id_block):
+            self._id_block_start, offset = start, 0
+            self._id_block = torch.arange(start, start + max(tokens, ID_BLOCK_TOKENS), dtype=torch.int64)
+        return self._id_block[offset: offset + tokens]
 
 
 @dataclass(frozen=True, slots=True)
