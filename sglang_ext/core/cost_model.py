@@ -228,7 +228,6 @@ class _RidgeFit:
 
     def coefficients(self) -> list[float]:
         np = self._np
-        k = len(self.prior)
         # Shrinkage per coefficient in its own feature's units (a ridge on standardized
         # features): `prior_weight` average observations' worth of each feature.
         effective = max(1.0, min(self.samples, 1 / (1 - self.forget)))
