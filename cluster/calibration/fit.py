@@ -9,11 +9,12 @@ per-request dispatch delay rather than as engine time:
     decode probe:   step = b0 + b2 x batch
 
 `c` is the fixed path (HTTP, tokenizer manager, controller, detokenizer, streaming),
-`d` a cost per prompt token whether cached or not (JSON of the ids, the controller's
-packing and mirror match, the scheduler's radix match at page size 1: seen on the tiny
-model, where a 4,000-token prompt whose 3,999 tokens were cached still took as long as
-an uncached one). `d` and `b1` are told apart by probes that repeat a prompt with only
-its tail changed (cached prefix, few uncached tokens).
+`d` a cost per prompt token whether cached or not: on the tiny model a 3,072-token
+prompt with all but 16 tokens cached took 60 % of the time of a fresh one. `d` grows
+with the model (tiny 45 us, SmolLM2 612 us per token here), so it is at least partly
+engine time that the linear step model has no term for; the simulator charges it as a
+per-request delay (docs/results/calibration/README.md says what that misses). `d` and
+`b1` are told apart by probes that repeat a prompt with only its tail changed.
 
 Every coefficient is >= 0 (non-negative least squares, scipy's `nnls`); rows are
 weighted by 1 / y so that a 5 ms decode step counts as much as a 500 ms prefill
@@ -147,8 +148,10 @@ def cost_model_file(fit: Fit, *, name: str, model: str, hardware: str, engine: s
         "kv_capacity_tokens": int(kv_capacity_tokens),
         "request_path": {"overhead_ms": round(fit.overhead_s * 1e3, 3),
                          "per_prompt_token_us": round(fit.per_prompt_token_s * 1e6, 3),
-                         "note": "outside the engine step: the simulator's --dispatch-delay-ms = "
-                                 "overhead_ms + per_prompt_token_us x mean prompt tokens / 1000"},
+                         "note": "terms of the probes beyond the step model, charged by the simulator as "
+                                 "--dispatch-delay-ms = overhead_ms + per_prompt_token_us x mean prompt tokens / 1000 "
+                                 "(per_prompt_token_us grows with the model: partly engine time, "
+                                 "docs/results/calibration/README.md)"},
         "fit": fit.to_dict(),
         **(extra or {}),
     }
