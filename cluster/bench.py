@@ -24,9 +24,10 @@ from dataclasses import asdict, dataclass
 
 from cluster.config import SimConfig
 
-# The poster's ReAct shape: outputs of 1 and 300 tokens, 10 workloads, 4 in-context examples.
+# The poster's ReAct shape (as `cluster/sweeps/poster.toml`): outputs of 1 and 300 tokens,
+# 10 workloads, 4 in-context examples, tokens counted by SmolLM2's tokenizer.
 REACT_ARGS = ("--output-lengths", "1:0.5,300:0.5", "--max-new-tokens", "300", "--workloads", "10",
-              "--examples", "4", "--token-ids")
+              "--examples", "4", "--token-ids", "--tokenizer", "models/smollm2-135m")
 
 
 @dataclass(frozen=True)

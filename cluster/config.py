@@ -55,6 +55,8 @@ class SimConfig:
     report_delay_ms: float = _f(1.0, "a worker's prefill-done / finished / load report -> the controller")
     load_report_interval_ms: float = _f(1000.0, "how often each worker's load reaches router.reconcile "
                                         "(the live controller's LOAD_CHECK_INTERVAL_S, sglang_ext/controller.py)")
+    prefix_holds: bool = _f(True, "let policies that hold a request for a prefix still being prefilled "
+                            "on its worker do so (the router's RouterConfig.prefix_holds)")
     force_lengths: bool = _f(False, "send max_new_tokens = the true output length with ignore_eos, as "
                              "`traces replay --force-lengths` does (default: the trace's own cap)")
     max_requests: int | None = _f(None, "simulate only the first N requests of the trace")

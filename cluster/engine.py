@@ -106,7 +106,8 @@ class Simulation:
         self.router = Router(RouterConfig(
             policy=cfg.policy, num_workers=cfg.gpus, page_size=cfg.page_size,
             kv_capacity_tokens=resolved.kv_capacity_tokens, length_source=LengthSource(cfg.length_source),
-            exact_mirror=True, seed=policy_seed, cost_model=cfg.router_cost_model or cfg.cost_model))
+            exact_mirror=True, seed=policy_seed, cost_model=cfg.router_cost_model or cfg.cost_model,
+            prefix_holds=cfg.prefix_holds))
         self.applier = EventApplier(self.router.tree, replay_available=False)
         wcfg = WorkerConfig(
             kv_capacity_tokens=resolved.kv_capacity_tokens, page_size=cfg.page_size,

@@ -44,6 +44,7 @@ from sglang_ext.settings import (
     ENV_LENGTH_SOURCE,
     ENV_POLICY,
     ENV_PREDICT_WAIT_MS,
+    ENV_PREFIX_HOLDS,
     ENV_RUNTIME_DIR,
     ORACLE_OUTPUT_TOKENS_KEY,
 )
@@ -162,6 +163,7 @@ class PrefixAwareController(DataParallelController):
             length_source=LengthSource(os.environ.get(ENV_LENGTH_SOURCE, LengthSource.MAX_NEW_TOKENS.value)),
             exact_mirror=feed is not None,
             cost_model=os.environ.get(ENV_COST_MODEL) or RouterConfig.cost_model,
+            prefix_holds=os.environ.get(ENV_PREFIX_HOLDS, "on") != "off",
         ))
         if feed is not None:
             self.kv_subscriber = KVEventSubscriber(feed, self.router.tree)

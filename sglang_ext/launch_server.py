@@ -11,7 +11,9 @@ ours; `--length-source` (max_new_tokens | predicted | oracle), `--length-model D
 long a request may wait for its prediction before it is dispatched on the fallback;
 default 20, 0 = never wait), `--cost-model NAME|FILE|online[:NAME]` (the step-time
 coefficients the cost-based policies weigh prefill against decode with; `online` fits
-them from the workers' reports) and `--kv-mirror` (auto | events | approximate) are ours. Our values are handed to the controller process
+them from the workers' reports), `--prefix-holds on|off` (whether `prefix_length_aware`
+holds a request whose prefix is still being prefilled on its worker; default on) and
+`--kv-mirror` (auto | events | approximate) are ours. Our values are handed to the controller process
 through the environment, since SGLang's parser would reject them; SGLang itself is told
 `round_robin`.
 
@@ -35,7 +37,14 @@ import random
 import socket
 import sys
 
-from sglang_ext.settings import ENV_COST_MODEL, ENV_LENGTH_MODEL, ENV_LENGTH_SOURCE, ENV_POLICY, ENV_PREDICT_WAIT_MS
+from sglang_ext.settings import (
+    ENV_COST_MODEL,
+    ENV_LENGTH_MODEL,
+    ENV_LENGTH_SOURCE,
+    ENV_POLICY,
+    ENV_PREDICT_WAIT_MS,
+    ENV_PREFIX_HOLDS,
+)
 from sglang_ext.core.policies import POLICIES, LengthSource
 
 SGLANG_ONLY_METHODS = ("auto", "follow_bootstrap_room")
@@ -107,6 +116,11 @@ def translate_args(argv: list[str], environ: dict) -> list[str]:
         except CostModelError as exc:
             raise UsageError(f"--cost-model: {exc}") from None
         environ[ENV_COST_MODEL] = cost_model
+    holds = _pop_flag(argv, "--prefix-holds")
+    if holds is not None:
+        if holds not in ("on", "off"):
+            raise UsageError(f"--prefix-holds must be on or off, got {holds!r}")
+        environ[ENV_PREFIX_HOLDS] = holds
     mirror = _pop_flag(argv, "--kv-mirror") or "auto"
     if mirror not in ("auto", "events", "approximate"):
         raise UsageError(f"unknown --kv-mirror {mirror!r}; valid: auto, events, approximate")

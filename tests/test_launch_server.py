@@ -133,6 +133,16 @@ def test_cost_model_is_checked_at_launch_and_handed_to_the_controller():
         translate_args(["--cost-model", "nope"], {})
 
 
+def test_prefix_holds_flag_is_checked_and_handed_to_the_controller():
+    from sglang_ext.settings import ENV_PREFIX_HOLDS
+
+    env = {}
+    assert "--prefix-holds" not in translate_args(["--prefix-holds", "off"], env)
+    assert env[ENV_PREFIX_HOLDS] == "off"
+    with pytest.raises(UsageError, match="--prefix-holds must be on or off"):
+        translate_args(["--prefix-holds", "maybe"], {})
+
+
 def test_kv_mirror_events_refuses_to_start_without_a_feed_where_auto_settles_for_approximate(monkeypatch, capsys):
     import sglang_ext.launch_server as launcher
 

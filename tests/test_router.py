@@ -206,6 +206,12 @@ def test_no_hold_when_the_mirror_already_has_the_prefix_or_for_other_policies():
     assert not plain.route(_family("f1", 1), 0.1).held
 
 
+def test_prefix_holds_off_sends_a_follower_at_once():
+    router, _ = _holding_router(prefix_holds=False)
+    router.route(_family("lead", 0), 0.0)
+    assert not router.route(_family("f1", 1), 0.1).held and len(router.holds) == 0
+
+
 def test_a_hold_ends_when_the_leader_leaves_or_after_max_hold_s():
     router, _ = _holding_router()
     router.route(_family("lead", 0), 0.0)

@@ -46,6 +46,12 @@ class RouterConfig:
     # `online:NAME`: fitted from the workers' reports, starting from and bounded around
     # NAME (default file if omitted).
     cost_model: str = DEFAULT_COST_MODEL
+    # Hold a request whose prefix on its worker is still being prefilled for another
+    # request there (policies with `holds_for_prefix`; `prefix_hold.py`). Measured: it
+    # helped live on CPU (SmolLM2, docs/results/shared_prefix/); in the simulator at
+    # 8-16 GPUs and high rates it cost TTFT, as a released request joins the back of
+    # its worker's queue (docs/results/cluster/).
+    prefix_holds: bool = True
 
 
 @dataclass(frozen=True)
@@ -114,7 +120,7 @@ class Router:
         view = ClusterView(now_s, cached, self.ledger.loads, self.config.page_size, columns=self.columns)
         worker = self.policy.choose(request, view)
         leader = None
-        if self.policy.holds_for_prefix and self.config.exact_mirror and cached[worker]:
+        if self.policy.holds_for_prefix and self.config.prefix_holds and self.config.exact_mirror and cached[worker]:
             leader = self.holds.leader_for(request.input_ids, worker, self._last_mirror_tokens[worker])
         self.record_dispatch(request, worker, cached[worker], now_s, packed)
         if leader is not None:
