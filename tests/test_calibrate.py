@@ -197,3 +197,17 @@ def test_live_calibration_on_the_tiny_model_fits_positive_coefficients_and_repor
     assert payload["runs"]["round_robin"]["live"]["succeeded"] == 8
     assert (tmp_path / "table.txt").read_text().count("request share") == 2
     assert math.isfinite(payload["host_load"][0]["load_1m_at_start"])
+
+
+def test_decode_window_is_the_per_token_gap_while_every_request_decodes():
+    from cluster.calibration.probes import TokenStream, decode_window
+
+    # Request a: first token at 0.10, one every 10 ms; b: first token at 0.15 (a later
+    # prefill), one every 10 ms. The window [0.15, end of a] sees both decode at 10 ms.
+    a = TokenStream([0.10 + 0.01 * i for i in range(20)], list(range(1, 21)), {})
+    b = TokenStream([0.15 + 0.01 * i for i in range(20)], list(range(1, 21)), {})
+    step_s, tokens = decode_window([a, b])
+    assert step_s == pytest.approx(0.01) and tokens == 14
+    # c's first token comes after a has finished: no step of the full batch was seen.
+    c = TokenStream([0.50 + 0.01 * i for i in range(5)], list(range(1, 6)), {})
+    assert decode_window([a, c]) is None

@@ -60,7 +60,7 @@ class ProbeError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class _Stream:
+class TokenStream:
     times: list[float]          # arrival of each chunk, host monotonic seconds
     tokens: list[int]           # completion tokens reported with each chunk
     meta: dict
@@ -73,7 +73,7 @@ def random_prompt(rng: np.random.Generator, tokens: int, vocab_size: int) -> lis
 
 
 async def _generate(session, url: str, input_ids: list[int], max_new_tokens: int, rank: int | None,
-                    timeout_s: float) -> _Stream:
+                    timeout_s: float) -> TokenStream:
     import aiohttp
 
     body: dict = {"input_ids": input_ids, "stream": True,
@@ -99,7 +99,7 @@ async def _generate(session, url: str, input_ids: list[int], max_new_tokens: int
                 tokens.append(int(meta.get("completion_tokens", len(tokens) + 1)))
     if not times:
         raise ProbeError("/generate streamed no token")
-    return _Stream(times, tokens, meta)
+    return TokenStream(times, tokens, meta)
 
 
 async def _prefill_on(session, url, setting, rank, lengths, rng, vocab_size, timeout_s, out, tail_tokens,
@@ -118,12 +118,13 @@ async def _prefill_on(session, url, setting, rank, lengths, rng, vocab_size, tim
                                      int(stream.meta.get("cached_tokens", 0) or 0), stream.times[0] - sent))
 
 
-async def _decode_on(session, url, setting, rank, batch, prompt_tokens, output_tokens, rng, vocab_size,
-                     timeout_s) -> DecodeSample | None:
-    prompts = [random_prompt(rng, prompt_tokens, vocab_size) for _ in range(batch)]
-    streams = await asyncio.gather(*[_generate(session, url, p, output_tokens, rank, timeout_s) for p in prompts])
-    window_start = max(s.times[0] for s in streams)   # every request has had its prefill
-    window_end = min(s.times[-1] for s in streams)    # before the first one finishes
+def decode_window(streams: list[TokenStream]) -> tuple[float, int] | None:
+    """(mean per-token gap, fewest tokens counted) over the window in which every stream
+    has had its first token and none has had its last; None when there is no such window
+    (the last request's first token came after the first one finished: prefills admitted
+    over several steps on a slow host, so no step of the full batch was seen)."""
+    window_start = max(s.times[0] for s in streams)
+    window_end = min(s.times[-1] for s in streams)
     gaps, counted = [], []
     for s in streams:
         inside = [(t, k) for t, k in zip(s.times, s.tokens) if window_start <= t <= window_end]
@@ -131,10 +132,19 @@ async def _decode_on(session, url, setting, rank, batch, prompt_tokens, output_t
             gaps.append((inside[-1][0] - inside[0][0]) / (inside[-1][1] - inside[0][1]))
             counted.append(inside[-1][1] - inside[0][1])
     if not gaps:
-        # The last request's first token came after the first one finished (prefills
-        # admitted over several steps on a slow host): no step of batch `batch` was seen.
         return None
-    return DecodeSample(setting, rank or 0, batch, float(np.mean(gaps)), int(min(counted)))
+    return float(np.mean(gaps)), int(min(counted))
+
+
+async def _decode_on(session, url, setting, rank, batch, prompt_tokens, output_tokens, rng, vocab_size,
+                     timeout_s) -> DecodeSample | None:
+    prompts = [random_prompt(rng, prompt_tokens, vocab_size) for _ in range(batch)]
+    streams = await asyncio.gather(*[_generate(session, url, p, output_tokens, rank, timeout_s) for p in prompts])
+    window = decode_window(streams)
+    if window is None:
+        return None
+    step_s, tokens = window
+    return DecodeSample(setting, rank or 0, batch, step_s, tokens)
 
 
 async def probe_rank_group(url: str, setting: str, ranks: tuple[int | None, ...], *, prefill_lengths: list[int],
