@@ -211,3 +211,7 @@ def test_decode_window_is_the_per_token_gap_while_every_request_decodes():
     # c's first token comes after a has finished: no step of the full batch was seen.
     c = TokenStream([0.50 + 0.01 * i for i in range(5)], list(range(1, 6)), {})
     assert decode_window([a, c]) is None
+    # Every chunk of the window read in one burst (same timestamp): no step measured.
+    d = TokenStream([0.10] + [0.20] * 5, list(range(1, 7)), {})
+    e = TokenStream([0.10] + [0.20] * 5, list(range(1, 7)), {})
+    assert decode_window([d, e]) is None

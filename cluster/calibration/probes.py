@@ -122,13 +122,16 @@ def decode_window(streams: list[TokenStream]) -> tuple[float, int] | None:
     """(mean per-token gap, fewest tokens counted) over the window in which every stream
     has had its first token and none has had its last; None when there is no such window
     (the last request's first token came after the first one finished: prefills admitted
-    over several steps on a slow host, so no step of the full batch was seen)."""
+    over several steps on a slow host, so no step of the full batch was seen) or when
+    its chunks all arrived at one instant."""
     window_start = max(s.times[0] for s in streams)
     window_end = min(s.times[-1] for s in streams)
     gaps, counted = [], []
     for s in streams:
         inside = [(t, k) for t, k in zip(s.times, s.tokens) if window_start <= t <= window_end]
-        if len(inside) >= 2 and inside[-1][1] > inside[0][1]:
+        # Chunks read in one burst share a timestamp (a client starved of CPU): a window
+        # that is all burst measured no step.
+        if len(inside) >= 2 and inside[-1][1] > inside[0][1] and inside[-1][0] > inside[0][0]:
             gaps.append((inside[-1][0] - inside[0][0]) / (inside[-1][1] - inside[0][1]))
             counted.append(inside[-1][1] - inside[0][1])
     if not gaps:
