@@ -213,5 +213,5 @@ def test_decode_window_is_the_per_token_gap_while_every_request_decodes():
     assert decode_window([a, c]) is None
     # Every chunk of the window read in one burst (same timestamp): no step measured.
     d = TokenStream([0.10] + [0.20] * 5, list(range(1, 7)), {})
-    e = TokenStream([0.10] + [0.20] * 5, list(range(1, 7)), {})
+    e = TokenStream([0.20] * 6, list(range(1, 7)), {})
     assert decode_window([d, e]) is None
