@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 
 from cluster.config import SimConfig
+from traces.argparsing import HelpFormatter, OneLineErrorParser
 
 EXAMPLES = """examples:
   python -m traces generate react --out react.jsonl --rate-rps 32 --duration-s 60 --token-ids --seed 1
@@ -30,15 +31,6 @@ EXAMPLES = """examples:
   python -m cluster calibrate --model tiny --out docs/results/calibration/tiny --install   # real SGLang
 exit codes: 0 ok, 2 bad input, 1 runtime failure
 """
-
-
-class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):   # one line, no usage dump
-        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 Runner = Callable[[argparse.Namespace], int]
@@ -261,11 +253,11 @@ def _calibrate_parser(p: argparse.ArgumentParser) -> Runner:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m cluster", description="The cluster simulator.", epilog=EXAMPLES,
-                     formatter_class=_Formatter)
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = OneLineErrorParser(prog="python -m cluster", description="The cluster simulator.", epilog=EXAMPLES,
+                     formatter_class=HelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineErrorParser)
     for name, help_text, add in _SUBCOMMANDS:
-        p = sub.add_parser(name, help=help_text, description=help_text, epilog=EXAMPLES, formatter_class=_Formatter)
+        p = sub.add_parser(name, help=help_text, description=help_text, epilog=EXAMPLES, formatter_class=HelpFormatter)
         p.set_defaults(run=add(p))
     return parser
 

@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 
+from traces.argparsing import HelpFormatter, OneLineErrorParser
 from traces.arrivals import ArrivalConfig, parse_steps
 from traces.config import CommonConfig
 from traces.distributions import SAMPLERS
@@ -29,15 +30,6 @@ EXAMPLES = """examples:
   python -m traces replay react.jsonl --url http://127.0.0.1:30000 --out run1 --rate-scale 2
 exit codes: 0 ok, 2 bad input, 1 runtime failure
 """
-
-
-class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):   # one line, no usage dump
-        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def _common_options(p: argparse.ArgumentParser, defaults: CommonConfig) -> None:
@@ -91,13 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
     from traces.sharegpt import ShareGPTConfig
     from traces.toolbench import ToolbenchConfig
 
-    fmt = _Formatter
-    parser = _Parser(prog="python -m traces", description="Workload traces: generate, replay, stats.",
+    fmt = HelpFormatter
+    parser = OneLineErrorParser(prog="python -m traces", description="Workload traces: generate, replay, stats.",
                      epilog=EXAMPLES, formatter_class=fmt)
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineErrorParser)
 
     gen = sub.add_parser("generate", help="write a trace", epilog=EXAMPLES, formatter_class=fmt)
-    kinds = gen.add_subparsers(dest="kind", required=True, parser_class=_Parser)
+    kinds = gen.add_subparsers(dest="kind", required=True, parser_class=OneLineErrorParser)
 
     r = kinds.add_parser("react", help="ReAct agent episodes (FanOutQA questions)", epilog=EXAMPLES, formatter_class=fmt)
     _common_options(r, ReactConfig().common)
