@@ -18,7 +18,7 @@ from sglang_ext.core.policies import POLICIES
 
 pytestmark = pytest.mark.sglang
 
-PREFIX_POLICIES = {"prefix_length_aware", "cache_aware", "kv_cost", "preble"}
+PREFIX_POLICIES = {"prefix_length_aware", "cache_aware", "kv_cost", "lmetric", "preble"}
 
 
 @pytest.fixture(scope="module", params=sorted(POLICIES))
@@ -38,7 +38,10 @@ def test_policy_serves_and_accounts_for_a_concurrent_batch(server):
     with ThreadPoolExecutor(4) as pool:
         replies = list(pool.map(lambda p: generate(server.url, input_ids=p, max_new_tokens=4), prompts))
     assert all(r["meta_info"]["completion_tokens"] == 4 for r in replies)
-    status = server.wait_status(lambda s: s["in_flight"] == 0)
+    # The status file is rewritten at most every 0.2 s: wait for one written after this
+    # batch was dispatched (a fresh server has counted only SGLang's warm-up request or
+    # two), not the one from before it, which also shows nothing in flight.
+    status = server.wait_status(lambda s: s["in_flight"] == 0 and sum(s["dispatched_by_worker"]) >= 8)
     assert status["policy"] == server.policy
     assert status["in_flight"] == 0 and all(ld["requests"] == 0 for ld in status["loads"])
     if server.policy == "round_robin":
