@@ -227,12 +227,20 @@ def _ports_free(ports: range) -> bool:
     return True
 
 
+# Free now is not free when SGLang's processes bind later: keep clear of the ports other
+# parties pick the same way. SGLang 0.5.23 picks its TCPStore (`nccl_port`) from
+# 22000-29999 (`srt/utils/network.py`, `get_free_port_below_ephemeral`), and the kernel
+# hands out ephemeral ports from 32768 (`/proc/sys/net/ipv4/ip_local_port_range`); a CI
+# run here lost a server to "Address already in use" on an event port at 28119.
+EVENT_PORT_RANGE = (10000, 21999)
+
+
 def loopback_kv_events_config(dp_size: int, rng: random.Random | None = None) -> dict:
     """A KV-event feed on 127.0.0.1: `dp_size` consecutive free ports for the PUB
     sockets and as many for the replay ROUTERs (SGLang offsets ports by rank)."""
     rng = rng or random.Random()
     for _ in range(200):
-        base = rng.randrange(20000, 60000 - 2 * dp_size)
+        base = rng.randrange(EVENT_PORT_RANGE[0], EVENT_PORT_RANGE[1] - 2 * dp_size)
         if _ports_free(range(base, base + 2 * dp_size)):
             return {
                 "publisher": "zmq", "bind": True,
