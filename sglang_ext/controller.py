@@ -34,6 +34,7 @@ from sglang.srt.utils.network import get_zmq_socket
 from sglang_ext import completions
 from sglang_ext.kv_events import EventFeedConfig, KVEventSubscriber
 from sglang_ext.length_source import PredictedLengths
+from sglang_ext.core.decision_times import DecisionTimes
 from sglang_ext.core.load_check import reports_from_snapshots
 from sglang_ext.core.policies import POLICIES, LengthSource, Request
 from sglang_ext.core.router import Router, RouterConfig
@@ -142,6 +143,7 @@ class PrefixAwareController(DataParallelController):
         self.unroutable = 0  # requests answered with an error reply
         self.fallback_routed = 0  # requests sent to a fallback worker after a routing error
         self.housekeeping_errors = 0
+        self.decision_times = DecisionTimes()  # wall time of router.route, for the status file
         self._fallback_counter = 0
         self._last_load_check_s = float("-inf")
         self.router: Router | None = None
@@ -233,7 +235,9 @@ class PrefixAwareController(DataParallelController):
         if not any(self.router.ledger.loads[w].alive for w in range(self.max_dp_size)):
             raise Unroutable("no DP worker is alive")
         try:
+            started_ns = time.perf_counter_ns()
             decision = self.router.route(request, now)
+            self.decision_times.record(time.perf_counter_ns() - started_ns)
         except Exception:
             # A routing bug must not cost the client its request: send it to a live
             # worker in turn, and book it there (re-booking replaces a half-made placement).
@@ -418,6 +422,7 @@ class PrefixAwareController(DataParallelController):
             "bad_reports": self.bad_reports,
             "unroutable": {"error_replies": self.unroutable, "fallback_routed": self.fallback_routed},
             "housekeeping_errors": self.housekeeping_errors,
+            "decision_time": self.decision_times.status(),
             "length_predictions": None if self.lengths is None else self.lengths.status(time.monotonic()),
         })
         return snapshot
