@@ -43,14 +43,13 @@ import sys
 import time
 
 import numpy as np
-from scipy.special import softmax
 
-from . import cues, knn
+from . import cues, hashing, knn
 from .config import EmbedConfig, to_dict
 from .context import (CONTEXT_NAMES, context_features, previous_answer, render_chat,
                       split_prompt)
 from .embed import EMBED_DIM, SURFACE_NAMES, Encoder
-from .metrics import lognormal_bucket_probs
+from .inference import apply_calibration, lognormal_bucket_probs, softmax
 from .trees import TreeEnsemble
 
 MODEL_KIND = "context-gbm"
@@ -122,7 +121,7 @@ class ContextFeaturizer:
     def __init__(self, encoder: Encoder, cfg: GbmConfig, fitted: dict | None = None,
                  prior: knn.KnnPrior | None = None, scorer=None):
         self.encoder, self.cfg = encoder, cfg
-        self.hasher = _hasher(cfg.hash_features)
+        self._hasher = None
         self.fitted = fitted or {}
         self.prior = prior
         self.scorer = scorer  # finetune.FinetunedScorer, or None (an artifact without one)
@@ -145,6 +144,14 @@ class ContextFeaturizer:
         return (np.hstack([emb, ctx, tail, cues.cue_features(cut)]), cut, prev_emb,
                 (prompts, prev))
 
+    @property
+    def hasher(self):
+        """scikit-learn's vectorizer, for training (serving hashes with `hashing`, which
+        gives the same columns without loading scikit-learn)."""
+        if self._hasher is None:
+            self._hasher = _hasher(self.cfg.hash_features)
+        return self._hasher
+
     def tfidf(self, cut_prompts: list[str]):
         from sklearn.preprocessing import normalize
 
@@ -156,7 +163,7 @@ class ContextFeaturizer:
     def ridge_score(self, cut_prompts: list[str]) -> np.ndarray:
         """ridge(l2-normalised sublinear tf * idf), straight from the hashed counts (the
         same value as `tfidf(...) @ coef`, without sparse-matrix overhead per request)."""
-        x = self.hasher.transform(cut_prompts)
+        x = hashing.hashed_counts(cut_prompts, self.cfg.hash_features)
         idf, coef = self.fitted["idf"], self.fitted["ridge_coef"]
         out = np.full(len(cut_prompts), float(self.fitted["ridge_intercept"]))
         for i in range(len(cut_prompts)):
@@ -415,7 +422,6 @@ def evaluate_scores(mu_log: np.ndarray, y: np.ndarray, sigma: float, edges: np.n
     """Ranking and decode-cost figures of `mu_log`; bucket figures of `bucket_probs` (the
     bucket head's), else of a log-normal around `mu_log`."""
     from .metrics import classification_metrics, decode_cost_metrics, ranking_metrics
-    from .train import apply_calibration
 
     mean = apply_calibration(cal, mu_log, np.expm1(mu_log + 0.5 * sigma * sigma))
     if bucket_probs is None:
@@ -538,8 +544,6 @@ class ContextLengthPredictor:
     def outputs(self, texts: list[str], buckets: bool = False) -> dict[str, np.ndarray]:
         """`buckets=True` adds `bucket_probs` [n, 20] (the bucket head's, else a
         log-normal around the prediction)."""
-        from .train import apply_calibration
-
         x = self.featurizer.features(list(texts))
         mu = self.trees.predict(x)
         if self.mlp is not None:

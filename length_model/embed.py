@@ -64,40 +64,53 @@ class Encoder:
     def __init__(self, cfg: EmbedConfig, model_dir: pathlib.Path | None = None):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-        import torch
-        from transformers import AutoModel, AutoTokenizer
-        from transformers.utils import logging as hf_logging
-
         if cfg.kind not in ("contextual", "static"):
             raise EncoderError(f"unknown encoder kind {cfg.kind!r}")
         self.cfg = cfg
-        self._torch = torch
-        if cfg.num_threads > 0:
-            torch.set_num_threads(cfg.num_threads)
         path = model_dir or minilm_path()
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-            model = AutoModel.from_pretrained(str(path), local_files_only=True).eval()
+            if cfg.kind == "static":
+                self._load_static(path)
+            else:
+                self._load_contextual(path)
         except Exception as exc:  # any loader failure is one clear error for the caller
             raise EncoderError(f"cannot load MiniLM from {path}: {exc}") from exc
         self._cls = self.tokenizer.cls_token_id
         self._sep = self.tokenizer.sep_token_id
         self._pad = self.tokenizer.pad_token_id or 0
-        if cfg.kind == "static":
-            self._table = model.get_input_embeddings().weight.detach().numpy().copy()
-            self.model = None
-        else:
-            if cfg.quantize_int8:
-                import warnings
-
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    model = torch.ao.quantization.quantize_dynamic(
-                        model, {torch.nn.Linear}, dtype=torch.qint8)
-            self.model = model
         self.dim = EMBED_DIM + len(SURFACE_NAMES)
+
+    def _load_static(self, path: pathlib.Path) -> None:
+        """The token-embedding table straight from the weights file, the tokenizer from
+        `tokenizers`: no torch, no transformers (which loads scikit-learn; see
+        `wordpiece.py`), so serving the default model needs numpy and tokenizers only."""
+        from .finetune import word_table
+        from .wordpiece import WordPiece
+
+        self.tokenizer = WordPiece(path)
+        self._table = word_table(path)
+        self.model = None
+
+    def _load_contextual(self, path: pathlib.Path) -> None:
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        self._torch = torch
+        if self.cfg.num_threads > 0:
+            torch.set_num_threads(self.cfg.num_threads)
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+        self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        model = AutoModel.from_pretrained(str(path), local_files_only=True).eval()
+        if self.cfg.quantize_int8:
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                model = torch.ao.quantization.quantize_dynamic(
+                    model, {torch.nn.Linear}, dtype=torch.qint8)
+        self.model = model
 
     def _token_ids(self, texts: list[str], head: int, tail: int) -> list[list[int]]:
         cut = []

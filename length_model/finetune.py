@@ -365,15 +365,15 @@ class FinetunedScorer:
         """`table`: MiniLM's word-embedding table if the caller holds it already (the static
         encoder does), else read from `base_dir` (default: the installed package)."""
         import onnxruntime as ort
-        from transformers import AutoTokenizer
 
         from .embed import minilm_path
+        from .wordpiece import WordPiece
 
         self.folder = folder = pathlib.Path(folder)
         report = json.loads((folder / REPORT_FILE).read_text())
         self.cfg = FinetuneConfig(**report["config"])
         base = pathlib.Path(base_dir or minilm_path())
-        self.tokenizer = AutoTokenizer.from_pretrained(str(base), local_files_only=True)
+        self.tokenizer = WordPiece(base)  # the same ids as transformers', without loading it
         self.table = word_table(base) if table is None else table
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = opts.inter_op_num_threads = 1

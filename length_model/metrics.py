@@ -10,6 +10,8 @@ import numpy as np
 from scipy import stats
 from sklearn import metrics as skm
 
+from .inference import lognormal_bucket_probs  # noqa: F401 (shared with serving; re-exported)
+
 # The poster's held-out Alpaca figures (20 equal-frequency buckets).
 POSTER = {"accuracy": 0.24, "f1_weighted": 0.22, "precision_weighted": 0.22,
           "recall_weighted": 0.24, "auroc_ovr": 0.85, "mcc": 0.20}
@@ -66,16 +68,6 @@ def decode_cost_metrics(y_true: np.ndarray, pred_tokens: np.ndarray, group_size:
         f"group{group_size}_rel_err_p90": float(np.quantile(rel, 0.9)),
         "sum_bias": float(p.sum() / max(y.sum(), 1.0) - 1.0),
     }
-
-
-def lognormal_bucket_probs(mu_log: np.ndarray, sigma: float, edges_tokens: np.ndarray) -> np.ndarray:
-    """[n, len(edges) + 1] bucket probabilities of log(1 + tokens) ~ N(mu_log, sigma^2)."""
-    from scipy.special import ndtr
-
-    z = (np.log1p(np.asarray(edges_tokens, dtype=np.float64))[None, :] - mu_log[:, None]) / sigma
-    cdf = ndtr(z)
-    n = len(mu_log)
-    return np.diff(np.hstack([np.zeros((n, 1)), cdf, np.ones((n, 1))]), axis=1)
 
 
 def calibrated_ceiling(log_means: np.ndarray, sigmas, num_buckets: int = 20,

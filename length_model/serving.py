@@ -18,12 +18,14 @@ import time
 from collections.abc import Callable, Hashable
 
 import numpy as np
-import torch
 
 from .config import DEFAULT_ARTIFACT_DIR
 from .embed import Encoder
-from .heads import PosterHead
-from .train import apply_calibration, load_artifact, select_columns
+from .inference import apply_calibration, load_artifact, select_columns
+
+# Imports stay inference-only (`inference.py`): the controller loads this module, and
+# training libraries (scipy, scikit-learn, LightGBM) must not come with it. torch is
+# imported only for the MLP-head artifact kind.
 
 
 class PredictorError(RuntimeError):
@@ -73,7 +75,7 @@ def last_user_turn(text: str) -> str:
 class LengthPredictor:
     """Expected decode tokens per prompt from a trained head over frozen MiniLM features."""
 
-    def __init__(self, encoder: Encoder, head: torch.nn.Module, meta: dict, train_cfg,
+    def __init__(self, encoder: Encoder, head, meta: dict, train_cfg,
                  max_tokens: int = 32768):
         self.encoder, self.head, self.meta, self.train_cfg = encoder, head, meta, train_cfg
         self.max_tokens = max_tokens
@@ -117,6 +119,8 @@ class LengthPredictor:
                 return self.context.outputs(texts)
             x = self.encoder.encode([last_user_turn(t) for t in texts])
             x = select_columns(x, self.train_cfg.use_surface_features)
+            import torch
+
             with torch.no_grad():
                 out = self.head.predict(torch.from_numpy(x))
             res = {k: v.numpy() for k, v in out.items()}
@@ -140,7 +144,7 @@ class LengthPredictor:
         out = self._outputs(texts)
         rows = []
         for i in range(len(texts)):
-            if isinstance(self.head, PosterHead):
+            if "probs" in out:  # a PosterHead (bucket classifier)
                 p = out["probs"][i]
                 edges = np.asarray(self.meta["bucket_edges_tokens"])
                 cdf = np.cumsum(p)

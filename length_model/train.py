@@ -17,17 +17,16 @@ import time
 import numpy as np
 import torch
 
-from .config import EmbedConfig, TrainConfig, from_dict, to_dict
-from .embed import EMBED_DIM
+from .config import EmbedConfig, TrainConfig, to_dict
 from .heads import PosterHead, RankHead, build_head
+from .inference import (  # noqa: F401 (run-time helpers, re-exported for training's callers)
+    HEAD_FILE,
+    META_FILE,
+    apply_calibration,
+    load_artifact,
+    select_columns,
+)
 from .metrics import ranking_metrics
-
-HEAD_FILE = "head.pt"
-META_FILE = "meta.json"
-
-
-def select_columns(x: np.ndarray, use_surface: bool) -> np.ndarray:
-    return x if use_surface else x[:, :EMBED_DIM]
 
 
 def bucket_edges(y_tokens: np.ndarray, k: int) -> np.ndarray:
@@ -117,12 +116,6 @@ def fit_calibration(score: np.ndarray, y_tokens: np.ndarray, max_knots: int = 20
     return {"score": [float(v) for v in xs], "mean_tokens": [float(v) for v in ys]}
 
 
-def apply_calibration(cal: dict | None, score: np.ndarray, fallback: np.ndarray) -> np.ndarray:
-    if not cal or not cal.get("score"):
-        return fallback
-    return np.interp(score, np.asarray(cal["score"]), np.asarray(cal["mean_tokens"]))
-
-
 def save_artifact(folder: pathlib.Path, head: torch.nn.Module, train_cfg: TrainConfig,
                   embed_cfg: EmbedConfig, edges: np.ndarray, extra: dict) -> None:
     folder.mkdir(parents=True, exist_ok=True)
@@ -132,21 +125,6 @@ def save_artifact(folder: pathlib.Path, head: torch.nn.Module, train_cfg: TrainC
             "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             **extra}
     (folder / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-
-
-def load_artifact(folder: pathlib.Path) -> tuple[torch.nn.Module, EmbedConfig, TrainConfig, dict]:
-    meta_path, head_path = folder / META_FILE, folder / HEAD_FILE
-    if not meta_path.exists() or not head_path.exists():
-        raise FileNotFoundError(f"no length-model artifact in {folder} "
-                                f"(needs {META_FILE} and {HEAD_FILE})")
-    meta = json.loads(meta_path.read_text())
-    train_cfg = from_dict(TrainConfig, meta["train_config"])
-    embed_cfg = from_dict(EmbedConfig, meta["embed_config"])
-    head = build_head(train_cfg.head, int(meta["in_dim"]), tuple(train_cfg.hidden_sizes),
-                      train_cfg.dropout, train_cfg.num_buckets, train_cfg.rank_loss_weight)
-    head.load_state_dict(torch.load(head_path, map_location="cpu", weights_only=True))
-    head.eval()
-    return head, embed_cfg, train_cfg, meta
 
 
 def bucket_probs(head, x: np.ndarray, edges: np.ndarray) -> np.ndarray:
