@@ -4,6 +4,7 @@ Examples:
     python -m sglang_ext.bench policies
     python -m sglang_ext.bench policies --workers 2,8 --requests 2000 --out runs/b.json
     python -m sglang_ext.bench shared-prefix --models tiny --seeds 1
+    python -m sglang_ext.bench live --seeds 1 2 3
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
                "global radix mirror: decision-path time, event pages/s, memory per token"),
     "live-lengths": ("sglang_ext.bench.live_lengths",
                      "real SGLang dp=2: max_new_tokens vs predicted vs oracle lengths (and round robin)"),
+    "live": ("sglang_ext.bench.live",
+             "real SGLang on CPU: our policies and the SGLang Model Gateway on the same traces, report + plots"),
     "shared-prefix": ("sglang_ext.bench.shared_prefix",
                       "real SGLang dp=2: a few long shared prefixes x short questions, policies vs round robin"),
 }

@@ -14,11 +14,12 @@ import os
 import pathlib
 import subprocess
 import sys
+import time
 
 from sglang_ext.server import ServerSpec, start_server
 
 # Keys copied from the controller's status file into each run's summary.
-CONTROLLER_KEYS = ("dispatched_by_worker", "length_predictions", "expired")
+CONTROLLER_KEYS = ("dispatched_by_worker", "length_predictions", "expired", "decision_time")
 
 
 def generate_trace(path: pathlib.Path, kind: str, options: list[str]) -> pathlib.Path:
@@ -73,3 +74,32 @@ def write_json_atomic(path: pathlib.Path, payload: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(payload, indent=2) + "\n")
     os.replace(tmp, path)
+
+
+class Progress:
+    """One line per run start and end (through tqdm's bar when tqdm is installed)."""
+
+    def __init__(self, label: str, total: int):
+        self.label = label
+        self.t0 = time.perf_counter()
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            self.bar = None
+        else:
+            # No bar in a log file (its redraws would bury the lines); the lines stay.
+            self.bar = tqdm(total=total, unit="run", desc=label, file=sys.stderr, dynamic_ncols=True,
+                            disable=not sys.stderr.isatty())
+
+    def line(self, text: str) -> None:
+        text = f"{self.label} [{time.perf_counter() - self.t0:6.0f} s] {text}"
+        (self.bar.write if self.bar is not None else print)(text)
+        sys.stdout.flush()
+
+    def advance(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

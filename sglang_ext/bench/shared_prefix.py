@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass
 
 from sglang_ext.bench import shared_prefix_report as report
-from sglang_ext.bench.live_common import generate_trace, get, serve_and_replay, token_totals, write_json_atomic
+from sglang_ext.bench.live_common import Progress, generate_trace, get, serve_and_replay, token_totals, write_json_atomic
 from sglang_ext.models import smollm2_path, tiny_path
 from sglang_ext.server import ServerSpec
 from traces.prefix_groups import PrefixGroupsConfig
@@ -166,34 +166,6 @@ def run_row(model: str, seed: int, policy: str, trace: pathlib.Path, run_dir: pa
     }
 
 
-class _Progress:
-    """One line per run start and end (through tqdm's bar when tqdm is installed)."""
-
-    def __init__(self, total: int):
-        self.t0 = time.perf_counter()
-        try:
-            from tqdm import tqdm
-        except ImportError:
-            self.bar = None
-        else:
-            # No bar in a log file (its redraws would bury the lines); the lines stay.
-            self.bar = tqdm(total=total, unit="run", desc="shared-prefix", file=sys.stderr, dynamic_ncols=True,
-                            disable=not sys.stderr.isatty())
-
-    def line(self, text: str) -> None:
-        text = f"shared-prefix [{time.perf_counter() - self.t0:6.0f} s] {text}"
-        (self.bar.write if self.bar is not None else print)(text)
-        sys.stdout.flush()
-
-    def advance(self) -> None:
-        if self.bar is not None:
-            self.bar.update(1)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 def _end_line(r: dict) -> str:
     if r["error"] is not None:
         return f"FAILED after {r['elapsed_s']:.0f} s: {r['error'][:200]}"
@@ -216,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
     done = {(r["model"], r["seed"], r["policy"]) for r in rows}
     plan = [(m, s, p) for m in args.models for s in args.seeds for p in args.policies]
     todo = [key for key in plan if key not in done]
-    progress = _Progress(len(todo))
+    progress = Progress("shared-prefix", len(todo))
     if len(todo) < len(plan):
         progress.line(f"resuming: {len(plan) - len(todo)} of {len(plan)} runs already in {results}")
     traces: dict[tuple[str, int], pathlib.Path] = {}
