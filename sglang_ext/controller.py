@@ -463,6 +463,8 @@ class PrefixAwareController(DataParallelController):
                 if report.kind == completions.PREFILL_DONE:
                     self.router.prefill_done(report.rid, now)
                 elif report.kind == completions.FINISHED:
+                    if self.kv_subscriber is not None:  # evidence for silent-feed detection
+                        self.kv_subscriber.applier.on_work_done(batch.dp_rank, now)
                     self.router.finished(report.rid, report.output_tokens, now)
                     if self.lengths is not None:
                         self.lengths.forget(report.rid)

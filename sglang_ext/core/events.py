@@ -24,6 +24,10 @@ one. When the replay ends (or there is no replay endpoint, or the replay cannot 
 the gap) the rank is *resynced*: its mirror is cleared and rebuilt from the live stream
 from then on. Under-reporting a cache is safe; trusting a stale one sends requests to a
 worker that no longer holds their prefix.
+
+Silence: a feed that stops altogether shows no gap until it resumes. The host reports each
+finished request (`on_work_done`); a rank that finished requests for a while with no
+batch arriving is marked uncertain until its next batch (`feed_watch.py`).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
+from sglang_ext.core.feed_watch import FeedWatch, FeedWatchConfig
 from sglang_ext.core.global_tree import GlobalTree
 
 logger = logging.getLogger(__name__)
@@ -52,6 +57,7 @@ class FeedStats(msgspec.Struct):
     resyncs: int = 0
     malformed: int = 0
     unknown_events: int = 0
+    silent_feeds: int = 0  # times a rank's feed went quiet while the rank kept finishing requests
 
 
 @dataclass
@@ -70,10 +76,11 @@ class EventApplier:
     replay from `state(rank).expected_seq`.
     """
 
-    def __init__(self, tree: GlobalTree, replay_available: bool):
+    def __init__(self, tree: GlobalTree, replay_available: bool, watch: FeedWatchConfig = FeedWatchConfig()):
         self.tree = tree
         self.replay_available = replay_available
         self.ranks = [_RankState() for _ in range(tree.num_workers)]
+        self.watch = FeedWatch(tree.num_workers, watch)
         self.stats = FeedStats()
         self._warned_unknown: set[str] = set()
 
@@ -81,6 +88,19 @@ class EventApplier:
         return self.ranks[rank]
 
     def on_live(self, rank: int, seq: int, payload: bytes, now_s: float) -> bool:
+        if self.watch.on_batch(rank, now_s):
+            logger.warning("kv-events: rank %d feed is back (batch %d)", rank, seq)
+            replay = self._on_live(rank, seq, payload, now_s)
+            if not self.ranks[rank].replaying:  # else the replay's end decides
+                self.tree.mark_uncertain(rank, False)
+            return replay
+        return self._on_live(rank, seq, payload, now_s)
+
+    def on_work_done(self, rank: int, now_s: float) -> None:
+        """A request finished on `rank`: evidence that its cache changed."""
+        self.watch.on_finished(rank, now_s)
+
+    def _on_live(self, rank: int, seq: int, payload: bytes, now_s: float) -> bool:
         st = self.ranks[rank]
         if st.last_live_seq is not None and seq <= st.last_live_seq:
             st = self._restart(rank, seq)
@@ -136,6 +156,12 @@ class EventApplier:
             if st.replaying and now_s >= st.replay_deadline_s:
                 logger.warning("kv-events: rank %d replay timed out", rank)
                 self.on_replay_end(rank)
+        for rank in self.watch.check(now_s):
+            self.stats.silent_feeds += 1
+            self.tree.mark_uncertain(rank)
+            logger.warning("kv-events: rank %d finished %d request(s) over %.1f s with no event batch: its "
+                           "feed is silent; routing treats it as uncached until a batch arrives", rank,
+                           self.watch.ranks[rank].finishes, now_s - self.watch.ranks[rank].first_finish_s)
 
     def _restart(self, rank: int, seq: int) -> _RankState:
         """The rank's publisher started over: its old cache is gone, its numbers begin
