@@ -148,19 +148,25 @@ def _flush_cache(url: str) -> bool:
         return False
 
 
+def server_sim_settings(info: dict) -> dict:
+    """SimConfig fields that make a simulated worker the live server's (from `server_info`)."""
+    running = info.get("effective_max_running_requests_per_dp")
+    return dict(
+        page_size=int(info["page_size"]), kv_capacity_tokens=int(info["max_total_num_tokens"]),
+        chunked_prefill_tokens=int(info["chunked_prefill_size"]), max_prefill_tokens=int(info["max_prefill_tokens"]),
+        max_running_requests=int(running) if running else None, schedule_policy=str(info["schedule_policy"]),
+        decode_log_interval_steps=int(info["decode_log_interval"]))
+
+
 def sim_config_for(policy: str, cost_model_path: str, info: dict, fit: Fit, mean_prompt_tokens: float,
                    context_length_tokens: int, seed: int):
     """The simulator's settings that make its workers the live server's."""
     from cluster.config import SimConfig
 
-    running = info.get("effective_max_running_requests_per_dp")
     return SimConfig(
         gpus=2, policy=policy, cost_model=cost_model_path, router_cost_model=cost_model_path, seed=seed,
-        page_size=int(info["page_size"]), kv_capacity_tokens=int(info["max_total_num_tokens"]),
-        chunked_prefill_tokens=int(info["chunked_prefill_size"]), max_prefill_tokens=int(info["max_prefill_tokens"]),
-        max_running_requests=int(running) if running else None, schedule_policy=str(info["schedule_policy"]),
-        decode_log_interval_steps=int(info["decode_log_interval"]), context_length_tokens=context_length_tokens,
-        dispatch_delay_ms=fit.request_delay_ms(mean_prompt_tokens), force_lengths=True)
+        context_length_tokens=context_length_tokens, dispatch_delay_ms=fit.request_delay_ms(mean_prompt_tokens),
+        force_lengths=True, **server_sim_settings(info))
 
 
 def make_trace(cfg: CalibrateConfig, model_path: pathlib.Path, out: pathlib.Path) -> pathlib.Path:

@@ -55,8 +55,6 @@ from sglang_ext.bench.live_common import Progress, generate_trace, get, write_js
 from sglang_ext.models import smollm2_path, tiny_path
 
 GATEWAY_PREFIX = "gateway:"
-# sglang-router 0.3.2's --policy choices.
-GATEWAY_POLICIES = ("cache_aware", "round_robin", "random", "power_of_two")
 
 
 @dataclass(frozen=True)
@@ -147,6 +145,8 @@ def targets_of(args: argparse.Namespace) -> list[str]:
 def resolve(args: argparse.Namespace) -> dict:
     """The config every run follows, checked before any server starts (ValueError)."""
     targets = targets_of(args)
+    from sglang_ext.gateway import POLICIES as GATEWAY_POLICIES
+
     bad = [p for p in args.gateway_policies if p not in GATEWAY_POLICIES]
     if bad:
         raise ValueError(f"unknown gateway policy {bad[0]!r}; valid: {', '.join(GATEWAY_POLICIES)}")
@@ -197,11 +197,18 @@ def _post(url: str) -> None:
             raise RuntimeError(f"{url} answered HTTP {r.status}")
 
 
+def _server_info(url: str) -> dict:
+    """The settings the simulator copies (`cluster.calibrate.SERVER_KEYS`)."""
+    from cluster.calibrate import server_info
+
+    return server_info(url)
+
+
 class OurDeployment(Deployment):
     def __init__(self, server):
         self.server = server
         self.url = server.url
-        self.describe = {"command": server.command()}
+        self.describe = {"command": server.command(), "server_info": _server_info(server.url)}
 
     def flush(self) -> None:
         _post(self.url + "/flush_cache")
@@ -223,7 +230,8 @@ class GatewayDeployment(Deployment):
     def __init__(self, gateway):
         self.gateway = gateway
         self.url = gateway.url
-        self.describe = {"commands": gateway.command_lines, "worker_urls": gateway.worker_urls}
+        self.describe = {"commands": gateway.command_lines, "worker_urls": gateway.worker_urls,
+                         "server_info": _server_info(gateway.worker_urls[0])}
 
     def flush(self) -> None:
         for url in self.gateway.worker_urls:
@@ -317,19 +325,24 @@ def sim_policy(target: str) -> str:
     return target[len(GATEWAY_PREFIX):] if target.startswith(GATEWAY_PREFIX) else target
 
 
-def sim_run(trace: pathlib.Path, target: str, seed: int, model: dict, run_dir: pathlib.Path, config: dict) -> dict:
-    """`python -m traces replay TRACE --simulate` as a user would run it, with the live
-    server's KV pool and the CPU cost model for both the workers and the router."""
-    cmd = [sys.executable, "-m", "traces", "replay", str(trace), "--simulate", "--out", str(run_dir),
-           "--gpus", "2", "--policy", sim_policy(target), "--cost-model", model["sim_cost_model"],
-           "--router-cost-model", model["sim_cost_model"], "--kv-capacity-tokens", str(model["max_total_tokens"]),
-           "--seed", str(seed), "--no-progress"]
-    if config["max_requests"]:
-        cmd += ["--max-requests", str(config["max_requests"])]
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    if done.returncode not in (0, 1):
-        raise RuntimeError(f"simulator exited {done.returncode}: {done.stderr.strip()[-300:]}")
-    summary = json.loads((run_dir / "summary.json").read_text())
+def sim_run(trace: pathlib.Path, target: str, seed: int, model: dict, run_dir: pathlib.Path, config: dict,
+            server_info: dict) -> dict:
+    """What `python -m traces replay TRACE --simulate` does, in this process (one import
+    of SGLang's tree for all runs): two workers with the live server's KV pool, batch
+    limits and page size, their step times from the CPU cost model fitted on this host
+    (`python -m cluster calibrate`), and the router planning as the live one does."""
+    from cluster.calibrate import server_sim_settings
+    from cluster.config import SimConfig
+    from traces.format import read_trace
+    from traces.replay import ReplayConfig, simulate
+
+    from sglang_ext.cpu_host import CPU_COST_MODEL
+
+    sim = SimConfig(gpus=2, policy=sim_policy(target), cost_model=model["sim_cost_model"],
+                    router_cost_model=CPU_COST_MODEL, seed=seed, force_lengths=True,
+                    **server_sim_settings(server_info))
+    cfg = ReplayConfig(trace=str(trace), out_dir=str(run_dir), max_requests=config["max_requests"], progress=False)
+    summary = simulate(read_trace(str(trace)), cfg, sim)
     per_worker = {k: v["requests"] for k, v in (summary.get("per_worker") or {}).items()}
     return {**summary_row(summary), "requests_per_rank": per_worker, "rank_imbalance": _imbalance(per_worker)}
 
@@ -421,8 +434,8 @@ def run(args: argparse.Namespace) -> int:
                     srow = {"side": "sim", "seed": seed, "target": target, "model": model, "workload": w,
                             "run_dir": str(sim_dir)}
                     try:
-                        srow.update({**sim_run(traces[w], target, seed, config["models"][model], sim_dir, config),
-                                     "error": None})
+                        srow.update({**sim_run(traces[w], target, seed, config["models"][model], sim_dir, config,
+                                               live["deployment"]["server_info"]), "error": None})
                     except (RuntimeError, OSError, ValueError) as err:
                         srow["error"] = " ".join(str(err).split())
                     rows.append(srow)

@@ -20,13 +20,16 @@ BASELINE = "round_robin"
 OURS = "prefix_length_aware"
 SIM_TOLERANCE = 0.15
 # (row key, label, format); lower is better for every one but the hit rate.
-METRICS = (
+LATENCY_METRICS = (
     ("e2e_mean_s", "e2e mean s", ".3f"), ("e2e_p90_s", "e2e p90 s", ".3f"), ("e2e_p99_s", "e2e p99 s", ".3f"),
     ("ttft_mean_s", "TTFT mean s", ".3f"), ("ttft_p90_s", "TTFT p90 s", ".3f"), ("ttft_p99_s", "TTFT p99 s", ".3f"),
     ("norm_latency_mean", "norm lat s/tok", ".4f"), ("norm_latency_p99", "norm lat p99", ".4f"),
-    ("prefix_hit_rate", "hit rate", ".2f"), ("rank_imbalance", "rank max/mean", ".2f"),
-    ("decision_p99_us", "decision p99 us", ".0f"),
 )
+PLACEMENT_METRICS = (
+    ("prefix_hit_rate", "hit rate", ".2f"), ("rank_imbalance", "requests max/mean rank", ".2f"),
+    ("decision_mean_us", "decision mean us", ".0f"), ("decision_p99_us", "decision p99 us", ".0f"),
+)
+METRICS = LATENCY_METRICS + PLACEMENT_METRICS
 HIGHER_IS_BETTER = {"prefix_hit_rate"}
 RATIO_METRICS = ("e2e_mean_s", "e2e_p99_s", "ttft_mean_s", "norm_latency_mean")
 SIM_METRICS = ("e2e_mean_s", "e2e_p90_s", "ttft_mean_s", "ttft_p90_s", "prefix_hit_rate")
@@ -74,7 +77,8 @@ def summarize(rows: list[dict], config: dict) -> dict:
                     vals = list(per_seed.values())
                     entry["vs_round_robin"][m] = {
                         "median": statistics.median(vals), "min": min(vals), "max": max(vals),
-                        "beyond_spread": all(v < 1 for v in vals) or all(v > 1 for v in vals),
+                        # One seed has no spread to exceed.
+                        "beyond_spread": len(vals) >= 2 and (all(v < 1 for v in vals) or all(v > 1 for v in vals)),
                         "per_seed": {str(k): v for k, v in per_seed.items()}}
             for m in SIM_METRICS:
                 errs = []
@@ -139,7 +143,8 @@ def reading(summary: dict, config: dict) -> list[str]:
             ratio = ours["vs_round_robin"].get(metric)
             spread = "" if ratio is None else (
                 f"; vs round robin {ratio['median']:.2f}x, "
-                + ("beyond the seed spread" if ratio["beyond_spread"] else "within the seed spread"))
+                + ("beyond the seed spread" if ratio["beyond_spread"] else
+                   "within the seed spread" if len(ratio["per_seed"]) > 1 else "one seed, no spread"))
             if best["target"] == OURS:
                 lines.append(f"- {workload}: {OURS} has the lowest {label} ({mine:.3f}){spread}.")
             else:
@@ -174,10 +179,14 @@ def markdown(summary: dict, config: dict, host: dict) -> str:
         if not entries:
             continue
         lines += [f"## {workload} ({w['model']}): {w['about']}", ""]
-        headers = ["target", "seeds"] + [label for _, label, _ in METRICS] + \
-            [f"{m} / RR" for m in ("e2e mean", "e2e p99", "TTFT mean", "norm lat")]
-        body = [[e["target"], str(len(e["seeds"]))] + [_cell(e["live"][m], f) for m, _, f in METRICS] +
-                [_ratio_cell(e["vs_round_robin"].get(m)) for m in RATIO_METRICS] for e in entries]
+        headers = ["target", "seeds"] + [label for _, label, _ in LATENCY_METRICS]
+        body = [[e["target"], str(len(e["seeds"]))] + [_cell(e["live"][m], f) for m, _, f in LATENCY_METRICS]
+                for e in entries]
+        lines += _md_table(headers, body) + [""]
+        headers = ["target"] + [f"{m} / RR" for m in ("e2e mean", "e2e p99", "TTFT mean", "norm lat")] + \
+            [label for _, label, _ in PLACEMENT_METRICS]
+        body = [[e["target"]] + [_ratio_cell(e["vs_round_robin"].get(m)) for m in RATIO_METRICS] +
+                [_cell(e["live"][m], f) for m, _, f in PLACEMENT_METRICS] for e in entries]
         lines += _md_table(headers, body) + [""]
         sim_body = []
         for e in entries:
