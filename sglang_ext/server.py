@@ -64,6 +64,9 @@ class ServerSpec:
     port: int = 0
     startup_timeout_s: float = 240.0
     env: dict[str, str] = field(default_factory=dict)
+    # For external baselines (`gateway.py`); the defaults leave the command as above.
+    stock: bool = False             # plain `python -m sglang.launch_server`: no --load-balance-method
+    cpus: tuple[int, ...] = ()      # pin the whole server to these cores (`taskset`, inherited by its children)
 
 
 class SGLangServer:
@@ -82,17 +85,26 @@ class SGLangServer:
     def command(self) -> list[str]:
         s = self.spec
         cmd = [
-            sys.executable, "-m", "sglang_ext.launch_server",
+            sys.executable, "-m", "sglang.launch_server" if s.stock else "sglang_ext.launch_server",
             "--model-path", s.model_path, "--device", "cpu", "--attention-backend", "torch_native",
             "--host", "127.0.0.1", "--port", str(self.port),
             "--max-total-tokens", str(s.max_total_tokens), "--dp-size", str(s.dp_size),
-            "--load-balance-method", s.load_balance_method,
         ]
+        if not s.stock:
+            cmd += ["--load-balance-method", s.load_balance_method]
         if s.dp_size > 1:
             cmd.append("--sleep-on-idle")
+        if s.cpus:
+            cmd = ["taskset", "--cpu-list", ",".join(map(str, s.cpus)), *cmd]
         return cmd + list(s.extra_args)
 
     def start(self) -> None:
+        self.launch()
+        self.wait_ready()
+
+    def launch(self) -> None:
+        """Start the process without waiting (`wait_ready` waits), so that several servers
+        can boot at once."""
         self._log = open(self.log_path, "ab")
         env = cpu_env(self.spec.dp_size)
         env[ENV_STATUS_FILE] = self.status_path
@@ -103,7 +115,10 @@ class SGLangServer:
             self.command(), stdout=self._log, stderr=subprocess.STDOUT,
             env=env, start_new_session=True,
         )
-        deadline = time.monotonic() + self.spec.startup_timeout_s
+        self._launched_at = time.monotonic()
+
+    def wait_ready(self) -> None:
+        deadline = self._launched_at + self.spec.startup_timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"SGLang exited with code {self.proc.returncode} during start-up; see {self.log_path}")

@@ -11,6 +11,7 @@ cached tokens and token counts come from `meta_info` of SGLang's last stream chu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import pathlib
@@ -19,6 +20,7 @@ import time
 from dataclasses import asdict, dataclass
 
 from sglang_ext.settings import CLIENT_MAX_NEW_TOKENS_KEY, ORACLE_OUTPUT_TOKENS_KEY
+from sglang_ext.gateway import worker_index
 from traces.format import Trace, TraceRequest
 from traces.metrics import RequestResult, summarize, write_csv
 
@@ -95,11 +97,32 @@ async def _probe(session, url: str) -> int | None:
                 async with session.get(url + "/health", timeout=aiohttp.ClientTimeout(total=10)) as health:
                     if health.status != 200:
                         raise ServerUnreachable(f"SGLang at {url} answered /health with HTTP {health.status}")
-                return None
+                return await _gateway_workers(session, url)
             info = await resp.json(content_type=None)
             return int(info.get("dp_size") or 1) if isinstance(info, dict) else None
     except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as err:
         raise ServerUnreachable(f"cannot reach SGLang at {url} ({_one_line(err)})") from None
+
+
+async def _gateway_workers(session, url: str) -> int | None:
+    """The SGLang Model Gateway has no /server_info; its /get_server_info counts the
+    workers (`{"workers_count": N, ...}`), so that a worker that served nothing still
+    counts in the per-worker figures."""
+    import aiohttp
+
+    with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError):
+        async with session.get(url + "/get_server_info", timeout=aiohttp.ClientTimeout(total=10)) as resp:
+            info = await resp.json(content_type=None) if resp.status == 200 else None
+            if isinstance(info, dict) and isinstance(info.get("workers_count"), int):
+                return info["workers_count"]
+    return None
+
+
+def _worker(meta: dict) -> int | None:
+    """The rank that served a request; behind the SGLang Model Gateway (dp=1 workers, no
+    rank) the worker index that `sglang_ext.gateway` labels each worker's replies with."""
+    rank = meta.get("dp_rank")
+    return rank if rank is not None else worker_index(meta.get("weight_version"))
 
 
 def _parse_event(event: bytes) -> dict | None:
@@ -152,7 +175,7 @@ async def _send(session, req: TraceRequest, cfg: ReplayConfig, start: float, slo
             result.prompt_tokens = meta.get("prompt_tokens")
             result.output_tokens = meta.get("completion_tokens")
             result.cached_tokens = meta.get("cached_tokens")
-            result.worker = meta.get("dp_rank")
+            result.worker = _worker(meta)
             result.finish(None if first_token is None else first_token - scheduled, done - scheduled)
             result.ok = True
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError, RuntimeError, ValueError) as err:
