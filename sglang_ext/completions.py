@@ -11,7 +11,10 @@ requests) and pushes compact reports over ZMQ to the controller:
 
 The endpoint is passed in the environment (`SGLANG_EXT_REPORTS`), set by our controller
 before it spawns the schedulers; with no endpoint (dp=1, or SGLang's own controller) the
-hook does nothing. Reports are msgspec array-like structs, one message per step.
+hook does nothing. In SGLang's Ray actors (advertise mode, `ray_actors.py`) the
+direction of setup flips: each rank binds its PUSH on its node's feed host and
+advertises the endpoint (`feeds.py`), and the controller connects to every rank. Reports
+are msgspec array-like structs, one message per step.
 """
 
 from __future__ import annotations
@@ -59,14 +62,20 @@ def encode_batch(batch: ReportBatch) -> bytes:
 class ReportPublisher:
     """Scheduler side: turns each step's requests into reports (one instance per process)."""
 
-    def __init__(self, endpoint: str, dp_rank: int):
+    def __init__(self, endpoint: str, dp_rank: int, bind: bool = False):
         self.dp_rank = dp_rank
         self._socket = zmq.Context.instance().socket(zmq.PUSH)
         self._socket.setsockopt(zmq.LINGER, 0)
         # Never block the scheduler: past this many queued messages, drop (the controller
         # expires what it never hears of).
         self._socket.setsockopt(zmq.SNDHWM, 10000)
-        self._socket.connect(endpoint)
+        if bind:
+            # Until the controller connects, a send finds no peer and is dropped (NOBLOCK).
+            self._socket.bind(endpoint)
+            self.endpoint = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        else:
+            self._socket.connect(endpoint)
+            self.endpoint = endpoint
         self._prefilled: set[str] = set()
 
     def observe(self, reqs, skip_req=None) -> None:
@@ -102,22 +111,41 @@ _disabled = False
 def stream_output_hook(*args, **kwargs):
     """BEFORE hook on `SchedulerOutputStreamer.stream_output(self, reqs, return_logprob,
     skip_req=None)`. Never raises into the scheduler."""
-    global _publisher, _disabled
+    global _disabled
     if _disabled:
         return None
     try:
-        if _publisher is None:
-            endpoint = os.environ.get(ENV_ENDPOINT)
-            if not endpoint:
-                _disabled = True
-                return None
-            from sglang.srt.runtime_context import get_parallel
-
-            _publisher = ReportPublisher(endpoint, int(get_parallel().dp_rank or 0))
+        publisher = ensure_publisher()
+        if publisher is None:
+            return None
         reqs = args[1] if len(args) > 1 else kwargs.get("reqs", [])
         skip_req = args[3] if len(args) > 3 else kwargs.get("skip_req")
-        _publisher.observe(reqs, skip_req)
+        publisher.observe(reqs, skip_req)
     except Exception:  # a reporting bug must never take a worker down
         logger.exception("reports: disabled after an error in the stream_output hook")
         _disabled = True
     return None
+
+
+def ensure_publisher() -> ReportPublisher | None:
+    """This process's publisher, made on first use; None when reports are off.
+
+    Local path: connect to the controller's endpoint from the environment. Ray actors
+    (advertise mode): bind on this node's feed host, on a port the kernel picks; the
+    rank's init info advertises it (`feeds.init_info_hook`, called before any request)."""
+    global _publisher, _disabled
+    if _publisher is not None or _disabled:
+        return _publisher
+    from sglang.srt.runtime_context import get_parallel
+
+    from sglang_ext import ray_actors
+    from sglang_ext.feeds import tcp_endpoint
+
+    rank = int(get_parallel().dp_rank or 0)
+    if ray_actors.advertise_mode():
+        _publisher = ReportPublisher(tcp_endpoint(ray_actors.feed_host(), "*"), rank, bind=True)
+    elif os.environ.get(ENV_ENDPOINT):
+        _publisher = ReportPublisher(os.environ[ENV_ENDPOINT], rank)
+    else:
+        _disabled = True
+    return _publisher

@@ -32,6 +32,7 @@ from sglang.srt.managers.io_struct import AbortReq, PickleWrapper, sock_recv, so
 from sglang.srt.utils.network import get_zmq_socket
 
 from sglang_ext import completions
+from sglang_ext.feeds import advertised_feeds
 from sglang_ext.kv_events import EventFeedConfig, KVEventSubscriber
 from sglang_ext.length_source import PredictedLengths
 from sglang_ext.core.decision_times import DecisionTimes
@@ -132,6 +133,14 @@ class PrefixAwareController(DataParallelController):
         self.recv_reports.bind(endpoint)
         os.environ[completions.ENV_ENDPOINT] = endpoint
         super().__init__(server_args, port_args, run_scheduler_process_func, prelaunched_schedulers)
+        # Ranks in SGLang's Ray actors bind their own report sockets and advertise them
+        # in their init info (feeds.py); local ranks advertise nothing and push to ours.
+        self.rank_feeds = advertised_feeds(self._scheduler_init_infos, self.max_dp_size)
+        for feeds in self.rank_feeds.values():
+            self.recv_reports.connect(feeds.reports)
+        if self.rank_feeds:
+            logger.info("controller: feeds the ranks advertised: %s",
+                        {r: f.as_dict() for r, f in sorted(self.rank_feeds.items())})
         self._init_ours(server_args, ErrorReplies(self.context, port_args.tokenizer_ipc_name))
 
     def _init_ours(self, server_args, replies: ErrorReplies, router_config: RouterConfig | None = None,
@@ -157,6 +166,8 @@ class PrefixAwareController(DataParallelController):
             logger.info("controller: keeping SGLang's %s dispatch, with a blocking event loop", stock)
             return
         feed = EventFeedConfig.from_server_args(getattr(server_args, "kv_events_config", None))
+        if feed is not None and getattr(self, "rank_feeds", None):
+            feed = feed.at_advertised(self.rank_feeds)
         self.router = Router(router_config or RouterConfig(
             policy=name,
             num_workers=self.max_dp_size,

@@ -2,13 +2,16 @@
 to the socket-free `core.events.EventApplier`.
 
 Wire format (SGLang 0.5.23, `--kv-events-config '{"publisher": "zmq", ...}'`): frames
-`[topic, seq (8 bytes big-endian), payload]`; rank r publishes on the base port + r. A
+`[topic, seq (8 bytes big-endian), payload]`; rank r publishes on the base port + r (on
+its own node's feed host in SGLang's Ray actors, where each rank advertises the
+endpoints it bound: `feeds.py`). A
 replay endpoint (a ROUTER per rank) answers `[b"", start seq]` with the buffered batches
 from there and an end marker (seq -1).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass
@@ -30,6 +33,9 @@ class EventFeedConfig:
     endpoint: str
     replay_endpoint: str | None = None
     topic: str = ""
+    # (pub, replay) per rank as the ranks advertised them; when set they replace the
+    # port-offset scheme, which assumes every rank publishes on the configured host.
+    advertised: tuple[tuple[str, str | None], ...] = ()
 
     @classmethod
     def from_server_args(cls, kv_events_config: str | None) -> EventFeedConfig | None:
@@ -44,6 +50,25 @@ class EventFeedConfig:
             return None
         endpoint = cfg.get("endpoint", "tcp://*:5557")
         return cls(_connectable(endpoint), _connectable(cfg.get("replay_endpoint")), cfg.get("topic", ""))
+
+    def at_advertised(self, rank_feeds: dict) -> EventFeedConfig:
+        """This feed at the endpoints each rank advertised (`feeds.RankFeeds` by rank)."""
+        ranks = []
+        for rank in range(len(rank_feeds)):
+            feeds = rank_feeds[rank]
+            if feeds.kv_events is None or (self.replay_endpoint is not None and feeds.kv_replay is None):
+                raise ValueError(f"KV events are on, but dp rank {rank} advertised no "
+                                 f"{'publisher' if feeds.kv_events is None else 'replay'} endpoint")
+            ranks.append((feeds.kv_events, feeds.kv_replay if self.replay_endpoint is not None else None))
+        return dataclasses.replace(self, advertised=tuple(ranks))
+
+    def pub_endpoint(self, rank: int) -> str:
+        return self.advertised[rank][0] if self.advertised else self.rank_endpoint(self.endpoint, rank)
+
+    def replay_endpoint_of(self, rank: int) -> str | None:
+        if self.advertised:
+            return self.advertised[rank][1]
+        return self.rank_endpoint(self.replay_endpoint, rank) if self.replay_endpoint else None
 
     def rank_endpoint(self, endpoint: str, rank: int) -> str:
         if rank == 0 or not endpoint.startswith("tcp://"):
@@ -77,14 +102,15 @@ class KVEventSubscriber:
             sub = self.context.socket(zmq.SUB)
             sub.setsockopt(zmq.LINGER, 0)
             sub.setsockopt(zmq.SUBSCRIBE, config.topic.encode())
-            sub.connect(config.rank_endpoint(config.endpoint, rank))
+            sub.connect(config.pub_endpoint(rank))
             self.subs.append(sub)
             self._rank_of[sub] = rank
             replay = None
-            if config.replay_endpoint:
+            replay_endpoint = config.replay_endpoint_of(rank)
+            if replay_endpoint:
                 replay = self.context.socket(zmq.DEALER)
                 replay.setsockopt(zmq.LINGER, 0)
-                replay.connect(config.rank_endpoint(config.replay_endpoint, rank))
+                replay.connect(replay_endpoint)
                 self._rank_of[replay] = rank
             self.replays.append(replay)
         logger.info("kv-events: subscribed to %d rank(s) at %s (replay: %s)", tree.num_workers,

@@ -16,6 +16,9 @@ STREAM_OUTPUT_TARGET = (
     "sglang.srt.managers.scheduler_components.output_streamer.SchedulerOutputStreamer.stream_output"
 )
 
+INIT_INFO_TARGET = "sglang.srt.managers.scheduler.Scheduler.get_init_info"
+KV_PUBLISHER_TARGET = "sglang.srt.disaggregation.kv_events.ZmqEventPublisher.__init__"
+
 
 def register() -> None:
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType
@@ -31,3 +34,9 @@ def register() -> None:
     # Workers report prefill-done and finished requests to our controller (no-op unless
     # our controller set the report endpoint).
     HookRegistry.register(STREAM_OUTPUT_TARGET, stream_output_hook, HookType.BEFORE)
+    # In SGLang's Ray actors each rank binds its feeds on its own node and advertises
+    # them in its init info (no-ops elsewhere; see feeds.py).
+    from sglang_ext.feeds import init_info_hook, kv_event_endpoint_hook
+
+    HookRegistry.register(INIT_INFO_TARGET, init_info_hook, HookType.AFTER)
+    HookRegistry.register(KV_PUBLISHER_TARGET, kv_event_endpoint_hook, HookType.BEFORE)
