@@ -8,17 +8,20 @@ cluster where nothing else competes.
 
 from __future__ import annotations
 
+import contextlib
 import random
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from conftest import generate, sglang_server
+from conftest import generate, post_json, sglang_server
 from sglang_ext.core.policies import POLICIES
 
 pytestmark = pytest.mark.sglang
 
 PREFIX_POLICIES = {"prefix_length_aware", "cache_aware", "kv_cost", "lmetric", "preble"}
+LOAD_BALANCERS = {"total_requests", "total_tokens"}  # content-blind, load-aware
 
 
 @pytest.fixture(scope="module", params=sorted(POLICIES))
@@ -62,7 +65,46 @@ def test_policy_routing_shape(server):
     if server.policy in PREFIX_POLICIES:
         assert len({m["dp_rank"] for m in replies}) == 1, [m["dp_rank"] for m in replies]
         assert all(m["cached_tokens"] >= 120 for m in replies[1:])
+    elif server.policy in LOAD_BALANCERS:
+        check_a_busy_rank_is_avoided(server, rng)
     else:
-        # Content-blind policies: the completion report of one request may or may not
-        # have reached the ledger before the next arrives, so either rank may serve it.
-        assert {m["dp_rank"] for m in replies} <= {0, 1}
+        check_random_choices_are_served_as_decided(server, rng)
+
+
+def check_a_busy_rank_is_avoided(server, rng: random.Random) -> None:
+    """A long request holds one rank; short ones, each sent once the ledger is back to
+    the long one alone, see one request (and its tokens) there and none on the other
+    rank: a load balancer sends every one of them to the other rank."""
+    rid = f"long-{uuid.uuid4().hex[:8]}"
+    with ThreadPoolExecutor(1) as pool:
+        long_reply = pool.submit(generate, server.url, input_ids=ids(rng, 40), max_new_tokens=3000, rid=rid)
+        try:
+            status = server.wait_status(lambda s: s["in_flight"] == 1 and decided(s, rid) is not None, timeout_s=30)
+            busy = decided(status, rid)
+            assert busy is not None, "the long request was never dispatched"
+            ranks = []
+            for _ in range(3):
+                ranks.append(generate(server.url, input_ids=ids(rng, 40), max_new_tokens=2)["meta_info"]["dp_rank"])
+                # A status written after this request was dispatched and finished (a
+                # stale one from before its dispatch also shows one in flight).
+                dispatched = sum(status["dispatched_by_worker"]) + len(ranks)
+                server.wait_status(lambda s: s["in_flight"] == 1 and sum(s["dispatched_by_worker"]) >= dispatched)
+            assert ranks == [1 - busy] * 3, f"rank {busy} was busy; short requests went to {ranks}"
+        finally:
+            post_json(server.url, "/abort_request", {"rid": rid})
+            with contextlib.suppress(Exception):
+                long_reply.result(timeout=60)
+
+
+def check_random_choices_are_served_as_decided(server, rng: random.Random) -> None:
+    """Each reply comes from the rank the controller decided on (its status file), and
+    16 uniform choices of 2 ranks use both (all on one rank: probability 2**-15)."""
+    replies = [generate(server.url, input_ids=ids(rng, 20), max_new_tokens=2)["meta_info"] for _ in range(16)]
+    status = server.wait_status(lambda s: all(decided(s, m["id"]) is not None for m in replies))
+    assert [decided(status, m["id"]) for m in replies] == [m["dp_rank"] for m in replies]
+    assert {m["dp_rank"] for m in replies} == {0, 1}
+
+
+def decided(status: dict, rid: str) -> int | None:
+    """The worker the controller chose for `rid`, from the status file's recent decisions."""
+    return next((d["worker"] for d in status["recent_decisions"] if d["rid"] == rid), None)
