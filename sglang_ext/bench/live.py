@@ -325,6 +325,18 @@ def sim_policy(target: str) -> str:
     return target[len(GATEWAY_PREFIX):] if target.startswith(GATEWAY_PREFIX) else target
 
 
+def request_path_ms(cost_file: dict, trace) -> float:
+    """The time a request spends outside the engine (HTTP, tokenizer, IPC), as the
+    calibration measured it: the cost file's `request_path`, overhead plus a per prompt
+    token term at the trace's mean prompt length (`cluster/calibrate.py` charges the
+    same as `--dispatch-delay-ms`). 1 ms, the simulator's default, without one."""
+    path = cost_file.get("request_path")
+    if not path or not trace.requests:
+        return 1.0
+    mean_prompt = sum(r.prompt_tokens for r in trace.requests) / len(trace.requests)
+    return float(path["overhead_ms"]) + float(path["per_prompt_token_us"]) * mean_prompt / 1000.0
+
+
 def sim_run(trace: pathlib.Path, target: str, seed: int, model: dict, run_dir: pathlib.Path, config: dict,
             server_info: dict) -> dict:
     """What `python -m traces replay TRACE --simulate` does, in this process (one import
@@ -336,13 +348,16 @@ def sim_run(trace: pathlib.Path, target: str, seed: int, model: dict, run_dir: p
     from traces.format import read_trace
     from traces.replay import ReplayConfig, simulate
 
+    from sglang_ext.core.cost_model import load_cost_model
     from sglang_ext.cpu_host import CPU_COST_MODEL
 
+    requests = read_trace(str(trace))
     sim = SimConfig(gpus=2, policy=sim_policy(target), cost_model=model["sim_cost_model"],
                     router_cost_model=CPU_COST_MODEL, seed=seed, force_lengths=True,
+                    dispatch_delay_ms=request_path_ms(load_cost_model(model["sim_cost_model"]).extra, requests),
                     **server_sim_settings(server_info))
     cfg = ReplayConfig(trace=str(trace), out_dir=str(run_dir), max_requests=config["max_requests"], progress=False)
-    summary = simulate(read_trace(str(trace)), cfg, sim)
+    summary = simulate(requests, cfg, sim)
     per_worker = {k: v["requests"] for k, v in (summary.get("per_worker") or {}).items()}
     return {**summary_row(summary), "requests_per_rank": per_worker, "rank_imbalance": _imbalance(per_worker)}
 
