@@ -26,6 +26,13 @@ then a warning says what the feed carries. `approximate` leaves events off and t
 controller inserts routed prompts itself. `auto` settles for the approximate mirror when
 no feed can be had (a user config without a ZeroMQ publisher, no free loopback ports);
 `events` refuses to start then.
+
+With SGLang's `--use-ray` the schedulers run as Ray actors (`sglang/srt/ray/`); the
+launcher then joins the Ray cluster named by `RAY_ADDRESS` (or starts a local one) with
+a job `runtime_env` that loads our hooks in those actors (`ray_actors.py`), and
+`--feed-host ADDR|ray-node-ip` (ours; default 127.0.0.1) is the address each rank binds
+its report and KV-event sockets on, on its own node; the controller connects to what each
+rank advertises (`feeds.py`). See docs/multinode.md.
 """
 
 from __future__ import annotations
@@ -148,6 +155,21 @@ def translate_args(argv: list[str], environ: dict) -> list[str]:
             # auto: the approximate mirror needs no feed
             print("launch_server: warning: no free loopback ports for the KV-event feed; "
                   "using the approximate mirror", file=sys.stderr)
+    feed_host = _pop_flag(argv, "--feed-host")
+    if feed_host is not None:
+        if "--use-ray" not in argv:
+            raise UsageError("--feed-host applies to SGLang's Ray path only; add --use-ray")
+        from sglang_ext.ray_actors import ENV_FEED_HOST, check_feed_host
+
+        try:
+            check_feed_host(feed_host)
+        except ValueError as exc:
+            raise UsageError(f"--feed-host: {exc}") from None
+        environ[ENV_FEED_HOST] = feed_host
+        if feed_host == "ray-node-ip" or not ipaddress.ip_address(feed_host).is_loopback:
+            print(f"launch_server: warning: the ranks' report and KV-event feeds listen on {feed_host}; they "
+                  "carry prompt token ids unauthenticated: keep that interface private (docs/multinode.md)",
+                  file=sys.stderr)
     if _flag_value(argv, "--device") == "cpu":
         from sglang_ext.cpu_host import CPU_COST_MODEL, apply_cpu_defaults
 
@@ -250,6 +272,30 @@ def loopback_kv_events_config(dp_size: int, rng: random.Random | None = None) ->
     raise UsageError("found no free loopback ports for the KV-event feed")
 
 
+def ray_env_vars(environ, device: str | None) -> dict[str, str]:
+    """What SGLang's scheduler actors need from this process's environment: Ray starts
+    them from its own raylet, not from us, so nothing is inherited."""
+    from sglang_ext.ray_actors import ENV_CPU_ACTORS
+
+    keep = {k: v for k, v in environ.items()
+            if k.startswith(("SGLANG_", "OMP_")) and k != "SGLANG_EXT_REPORTS"}
+    if device == "cpu":
+        keep[ENV_CPU_ACTORS] = "1"
+    return keep
+
+
+def _join_ray(server_args) -> None:
+    import ray
+
+    from sglang_ext.ray_actors import DEFAULT_FEED_HOST, ENV_FEED_HOST, runtime_env, work_around_ray_dp_declaration
+
+    env = runtime_env(os.environ.get(ENV_FEED_HOST, DEFAULT_FEED_HOST),
+                      ray_env_vars(os.environ, getattr(server_args, "device", None)))
+    # address None: RAY_ADDRESS if set, else a new local cluster (Ray's own rule).
+    ray.init(address=os.environ.get("RAY_ADDRESS"), runtime_env=env, include_dashboard=False)
+    work_around_ray_dp_declaration()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
@@ -271,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
 
     load_plugins()
     server_args = prepare_server_args(sglang_argv)
+    if getattr(server_args, "use_ray", False):
+        _join_ray(server_args)
     try:
         run_server(server_args)
     finally:

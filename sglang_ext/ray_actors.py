@@ -110,3 +110,38 @@ def feed_host() -> str:
 
         return ray.util.get_node_ip_address()
     return value
+
+
+def work_around_ray_dp_declaration() -> None:
+    """Let SGLang 0.5.23's Ray launcher start data-parallel ranks (driver side).
+
+    `RayEngine._launch_dp_scheduler_processes` (sglang/srt/ray/engine.py, line 469)
+    calls `declare_resolution(server_args, "ray.dp_controller", dist_init_addr=...)` on
+    the config that `Engine._launch_subprocesses` has already published, and
+    `declare_resolution` (sglang/srt/arg_groups/overrides.py) refuses every declaration
+    on a published config: `ValueError: ray.dp_controller: declared on the published
+    config; ...`. So every `--use-ray --dp-size N>1` launch fails there, on any device,
+    before a single actor exists. The declared value is read only by
+    `PortArgs.init_new` in its DP-attention branch (sglang/srt/server_args.py, the
+    `else` after `if not attn_dp_enabled_of(cfg)`); plain DP uses `ipc://` names and
+    never reads it, and each actor declares its own `dist_init_addr` on its own copy
+    (`SchedulerActor.__init__`). So for plain DP that one call is skipped; with DP
+    attention it still fails as in SGLang (we cannot supply the value correctly).
+    Only the name in `sglang.srt.ray.engine` is rebound; nothing else changes.
+    """
+    import sglang.srt.ray.engine as ray_engine
+
+    original = ray_engine.declare_resolution
+    if getattr(original, "_sglang_ext_workaround", False):
+        return
+
+    def declare_resolution(server_args, source, **fields):
+        from sglang.srt.runtime_context import get_parallel
+
+        if source == "ray.dp_controller" and not get_parallel().attn_dp_enabled:
+            logger.info("ray: skipped SGLang's post-publish dist_init_addr declaration (unread by plain DP)")
+            return None
+        return original(server_args, source, **fields)
+
+    declare_resolution._sglang_ext_workaround = True
+    ray_engine.declare_resolution = declare_resolution
