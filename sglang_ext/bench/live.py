@@ -2,7 +2,7 @@
 
     python -m sglang_ext.bench live [--model tiny|smollm2] [--seeds 1 2 3]
         [--workloads react sharegpt toolbench shared-prefix]
-        [--policies round_robin cache_aware kv_cost prefix_length_aware | all]
+        [--policies round_robin kv_cost prefix_length_aware | all]
         [--gateway-policies cache_aware round_robin] [--no-simulate]
         [--duration-s 30] [--out runs/live] [--resume]
 
@@ -99,7 +99,7 @@ WORKLOADS = {
                                                             "--rate-rps", "0.5"),
                               timed=False, about="4 groups x 6 prompts, 512-token prefix + 32, 16 out, 0.5 req/s"),
 }
-DEFAULT_POLICIES = ["round_robin", "cache_aware", "kv_cost", "prefix_length_aware"]
+DEFAULT_POLICIES = ["round_robin", "kv_cost", "prefix_length_aware"]   # ours; cache_aware is the gateway's own below
 DEFAULT_GATEWAY_POLICIES = ["cache_aware", "round_robin"]
 
 
