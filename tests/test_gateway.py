@@ -52,3 +52,16 @@ def test_bad_spec_is_refused_in_one_line(fields, message):
     with pytest.raises(ValueError, match=message) as err:
         GatewaySpec(model_path="m", **fields).check()
     assert "\n" not in str(err.value)
+
+
+def test_the_workers_are_stock_sglang_without_our_plugin(monkeypatch):
+    from sglang.srt.plugins import GENERAL_PLUGINS_GROUP, load_plugins_by_group
+
+    from sglang_ext.gateway import _worker_spec
+
+    spec = _worker_spec(GatewaySpec(model_path="m"), index=0, core=0)
+    assert spec.stock and spec.dp_size == 1 and "--weight-version" in spec.extra_args
+    monkeypatch.delenv("SGLANG_PLUGINS", raising=False)
+    assert "prefix_length_dp" in load_plugins_by_group(GENERAL_PLUGINS_GROUP)   # installed, found by default
+    monkeypatch.setenv("SGLANG_PLUGINS", spec.env["SGLANG_PLUGINS"])
+    assert load_plugins_by_group(GENERAL_PLUGINS_GROUP) == {}
