@@ -150,6 +150,8 @@ def _sweep_parser(p: argparse.ArgumentParser) -> Runner:
     p.add_argument("spec", help="sweep spec (TOML; examples in cluster/sweeps/)")
     p.add_argument("--out", required=True, help="sweep folder; cells already finished there are skipped")
     p.add_argument("--processes", type=int, default=None, help="parallel simulations (default: CPU cores)")
+    p.add_argument("--ray", default=None, metavar="ADDRESS",
+                   help="run the cells as Ray tasks: local (a private instance), auto, or HOST:PORT of a head node")
     p.add_argument("--no-report", action="store_true", help="do not write the report when the sweep ends")
 
     def run(a: argparse.Namespace) -> int:
@@ -161,7 +163,9 @@ def _sweep_parser(p: argparse.ArgumentParser) -> Runner:
             raise ValueError(f"--processes must be >= 1, got {a.processes}")
         spec = sweep.load_spec(a.spec)
         out = pathlib.Path(a.out)
-        counts = sweep.run_sweep(spec, out, processes=a.processes)
+        if a.ray is not None and a.processes is not None:
+            raise ValueError("--ray and --processes do not go together (Ray places one cell per CPU it has)")
+        counts = sweep.run_sweep(spec, out, processes=a.processes, ray_address=a.ray)
         print(f"cluster: sweep {spec.name}: {counts['done']} run, {counts['skipped']} already done, "
               f"{counts['failed']} failed, of {counts['cells']} cells", file=sys.stderr)
         if not a.no_report and counts["failed"] < counts["cells"]:

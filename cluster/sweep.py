@@ -1,5 +1,6 @@
 """`python -m cluster sweep SPEC --out DIR`: every policy x rate x GPU count x workload x
-seed of a sweep spec, one simulation per cell, in parallel processes, resumable.
+seed of a sweep spec, one simulation per cell, in parallel processes (or as Ray tasks
+with `--ray ADDRESS`, `cluster/ray_cells.py`), resumable.
 
 A spec is a TOML file (examples in `cluster/sweeps/`):
 
@@ -215,19 +216,38 @@ def check_configs(spec: SweepSpec) -> None:
             resolve(cell_config(cell, spec.sim))
 
 
-def run_cell(cell: Cell, trace_file: str, sim: dict, out_dir: str) -> dict:
-    """Simulate one cell (in a worker process); returns its summary."""
+def run_cell(cell: Cell, trace_file: str, sim: dict, out_dir: str, trace_label: str | None = None) -> dict:
+    """Simulate one cell (in a worker process or a Ray task); returns its summary. The
+    outputs name `trace_label` as their trace (a Ray task reads a copy of the file)."""
     from cluster.engine import run_simulation
     from cluster.results import write_outputs
     from traces.format import read_trace
 
     outcome = run_simulation(read_trace(trace_file), cell_config(cell, sim))
-    write_outputs(outcome, out_dir, trace_path=trace_file)
+    write_outputs(outcome, out_dir, trace_path=trace_label or trace_file)
     return outcome.summary
 
 
-def run_sweep(spec: SweepSpec, out: pathlib.Path, processes: int | None = None, progress: bool = True) -> dict:
-    """Run every cell not yet done; returns counts (done, skipped, failed)."""
+class _ProcessCells:
+    """Cells in local worker processes: the same `submit` as `cluster.ray_cells.RayCells`."""
+
+    def __init__(self, processes: int):
+        self._pool = ProcessPoolExecutor(max_workers=processes)
+
+    def submit(self, cell: Cell, trace_path: pathlib.Path, sim: dict, cell_dir: pathlib.Path):
+        return self._pool.submit(run_cell, cell, str(trace_path), sim, str(cell_dir))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._pool.shutdown()
+
+
+def run_sweep(spec: SweepSpec, out: pathlib.Path, processes: int | None = None, progress: bool = True,
+              ray_address: str | None = None) -> dict:
+    """Run every cell not yet done, in local processes or, with `ray_address`, as Ray
+    tasks (`cluster/ray_cells.py`); returns counts (done, skipped, failed)."""
     check_configs(spec)
     out.mkdir(parents=True, exist_ok=True)
     (out / "sweep.json").write_text(json.dumps(dataclasses.asdict(spec), indent=2) + "\n")
@@ -240,14 +260,20 @@ def run_sweep(spec: SweepSpec, out: pathlib.Path, processes: int | None = None, 
     from tqdm import tqdm
 
     bar = tqdm(total=len(todo), desc=f"sweep {spec.name}", unit="cell", disable=not progress)
-    with ProcessPoolExecutor(max_workers=processes) as pool:
+    if ray_address is not None:
+        from cluster.ray_cells import RayCells
+
+        runner = RayCells(ray_address)
+    else:
+        runner = _ProcessCells(processes)
+    with runner:
         futures = {}
         for cell in todo:
             cell_dir = cell.path(out)
             cell_dir.mkdir(parents=True, exist_ok=True)
             (cell_dir / "error.txt").unlink(missing_ok=True)
             trace = cell_trace_path(out, workloads[cell.workload], cell.rate_rps, cell.seed)
-            futures[pool.submit(run_cell, cell, str(trace), spec.sim, str(cell_dir))] = cell
+            futures[runner.submit(cell, trace, spec.sim, cell_dir)] = cell
         for future in as_completed(futures):
             cell = futures[future]
             try:

@@ -69,3 +69,24 @@ def test_a_bad_spec_is_a_one_line_error(tmp_path):
     done = _cli("sweep", str(bad), "--out", str(tmp_path / "out"))
     assert done.returncode == 2
     assert len(done.stderr.strip().splitlines()) == 1 and "no_such_policy" in done.stderr
+
+
+def test_the_sweep_on_a_local_ray_instance_writes_what_processes_write(swept, tmp_path):
+    """`--ray local`: the cells run as Ray tasks that read the trace from Ray's object
+    store, and the driver writes their files: byte for byte those of the process run,
+    naming the driver's trace file, not the task's copy."""
+    pytest.importorskip("ray")
+    out = tmp_path / "ray"
+    done = _cli("sweep", str(SMOKE), "--out", str(out), "--ray", "local", "--no-report")
+    assert done.returncode == 0, done.stderr
+    files = sorted(p.relative_to(swept) for p in (swept / "cells").rglob("*") if p.is_file())
+    assert files and files == sorted(p.relative_to(out) for p in (out / "cells").rglob("*") if p.is_file())
+    for rel in files:
+        assert (out / rel).read_bytes() == (swept / rel).read_bytes().replace(str(swept).encode(), str(out).encode())
+        if rel.name == "summary.json":
+            assert json.loads((out / rel).read_text())["trace"].startswith(str(out / "traces"))
+
+
+def test_ray_and_processes_are_exclusive(tmp_path):
+    done = _cli("sweep", str(SMOKE), "--out", str(tmp_path / "o"), "--ray", "local", "--processes", "2")
+    assert done.returncode == 2 and "--ray and --processes" in done.stderr
