@@ -208,7 +208,12 @@ async def replay_async(trace: Trace, cfg: ReplayConfig) -> tuple[list[RequestRes
     results = [RequestResult(id=r.id, arrival_s=r.arrival_s / cfg.rate_scale, prefix_group=r.prefix_group,
                              session=r.session, turn=r.turn, expected_output_tokens=r.output_tokens if cfg.force_lengths else None)
                for r in reqs]
-    connector = aiohttp.TCPConnector(limit=cfg.max_concurrency)
+    # A fresh connection per request: a pooled idle one can be closed by the server's
+    # keep-alive timeout (SGLANG_TIMEOUT_KEEP_ALIVE, 5 s: sglang/srt/environ.py) just as
+    # a request goes out on it, and the client then sees "Server disconnected" for a
+    # request the server never received (seen in a live benchmark: 2 of 59 requests,
+    # neither in the server's access log).
+    connector = aiohttp.TCPConnector(limit=cfg.max_concurrency, force_close=True)
     async with aiohttp.ClientSession(connector=connector) as session:
         dp_size = await _probe(session, cfg.url)
         slots = asyncio.Semaphore(cfg.max_concurrency)

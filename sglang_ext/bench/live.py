@@ -375,7 +375,8 @@ def _previous_rows(path: pathlib.Path, config: dict) -> list[dict]:
     keys = ("workloads", "models", "max_requests", "dp_size")
     if any(old.get("config", {}).get(k) != config[k] for k in keys):
         raise ValueError(f"{path} was made with other workloads or models: use another --out, or drop --resume")
-    return [r for r in old.get("rows", []) if r.get("error") is None]
+    # Runs that failed, or lost requests, are run again.
+    return [r for r in old.get("rows", []) if r.get("error") is None and not r.get("failed")]
 
 
 def _end_line(r: dict) -> str:
