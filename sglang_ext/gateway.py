@@ -57,8 +57,9 @@ WORKER_COUNTERS = {
 # (`sglang/srt/plugins/__init__.py`: `SGLANG_PLUGINS` is a whitelist).
 NO_PLUGINS = "none"
 
-# Each worker's `--weight-version`: a free-form label (`sglang/srt/arg_groups/fields/
-# serving.py`, default "default") that only names the weights in replies and /model_info.
+# Each worker's `--weight-version`: a free-form label of the weights (`sglang/srt/arg_groups/
+# fields/serving.py`, default "default") that SGLang copies into every reply's meta_info;
+# nothing routes or schedules on it.
 WORKER_LABEL_PREFIX = "worker-"
 
 
