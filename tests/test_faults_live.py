@@ -232,6 +232,14 @@ def test_a_cut_event_feed_counts_the_rank_as_uncached_until_it_is_restored_and_r
     assert seen["cached_tokens"][1] >= 64, seen  # the control: the mirror knows rank 1 holds it
 
     before = server.wait_status(lambda s: True)["kv_events"]
+
+    def silent(s: dict) -> bool:
+        # Noticed as silent, not merely uncertain: a batch that slips through between
+        # two destroyed connections shows a gap, and the rank is uncertain for the
+        # moment its replay takes, with or without silent-feed detection.
+        return s["kv_events"].get("silent_feeds", 0) > before.get("silent_feeds", 0) \
+            and bool(s["tree"]["uncertain_mask"] & 2)
+
     during_cut: list[list[int]] = []
     with FeedCut(pub_rank1):
         deadline = time.monotonic() + 30
@@ -240,11 +248,10 @@ def test_a_cut_event_feed_counts_the_rank_as_uncached_until_it_is_restored_and_r
             prompt = ids(rng, 64)
             during_cut.append(prompt)
             generate(server.url, input_ids=prompt + ids(rng, 4), max_new_tokens=2, routed_dp_rank=1)
-            status = server.wait_status(lambda s: s["tree"]["uncertain_mask"] & 2, timeout_s=0.5)
-            if status["tree"]["uncertain_mask"] & 2:
+            status = server.wait_status(silent, timeout_s=0.5)
+            if silent(status):
                 break
-        assert status["tree"]["uncertain_mask"] & 2, f"rank 1's silent feed went unnoticed: {status['kv_events']}"
-        assert status["kv_events"]["silent_feeds"] > before["silent_feeds"]
+        assert silent(status), f"rank 1's silent feed went unnoticed: {status['kv_events']}"
         meanwhile = probe(server, prefix_a + ids(rng, 4))
         assert meanwhile["cached_tokens"][1] == 0, meanwhile  # rank 1 is not trusted while silent
 
