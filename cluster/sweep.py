@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import multiprocessing
 import os
 import pathlib
 import subprocess
@@ -158,7 +159,7 @@ def predict_traces(spec: SweepSpec, out: pathlib.Path, progress: bool = True) ->
         return
     from traces.predict import run_many
 
-    with ProcessPoolExecutor(max_workers=1) as pool:
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
         try:
             pool.submit(run_many, configs).result()
         except (ValueError, RuntimeError, OSError) as exc:
@@ -232,7 +233,9 @@ class _ProcessCells:
     """Cells in local worker processes: the same `submit` as `cluster.ray_cells.RayCells`."""
 
     def __init__(self, processes: int):
-        self._pool = ProcessPoolExecutor(max_workers=processes)
+        # spawn, not fork: a caller that has started threads (torch, ONNX Runtime, Ray in
+        # a test session) can leave a lock held in a forked child, which then hangs.
+        self._pool = ProcessPoolExecutor(max_workers=processes, mp_context=multiprocessing.get_context("spawn"))
 
     def submit(self, cell: Cell, trace_path: pathlib.Path, sim: dict, cell_dir: pathlib.Path):
         return self._pool.submit(run_cell, cell, str(trace_path), sim, str(cell_dir))
