@@ -5,6 +5,7 @@ Examples:
     python -m sglang_ext.bench policies --workers 2,8 --requests 2000 --out runs/b.json
     python -m sglang_ext.bench shared-prefix --models tiny --seeds 1
     python -m sglang_ext.bench live --seeds 1 2 3
+    python -m sglang_ext.bench soak --duration-s 600
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
              "real SGLang on CPU: our policies and the SGLang Model Gateway on the same traces, report + plots"),
     "shared-prefix": ("sglang_ext.bench.shared_prefix",
                       "real SGLang dp=2: a few long shared prefixes x short questions, policies vs round robin"),
+    "soak": ("sglang_ext.bench.soak",
+             "real SGLang dp=2: a long Locust ReAct run; controller memory, mirror, in-flight, latency over time"),
 }
 
 
