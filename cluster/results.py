@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from traces.metrics import RequestResult, summarize, write_csv
+from traces.summary import summarize_values
 
 
 @dataclass
@@ -57,11 +58,8 @@ def _imbalance(values: list[float]) -> float | None:
 
 
 def _decision_stats(seconds: list[float]) -> dict:
-    if not seconds:
-        return {"count": 0, "mean": None, "p50": None, "p99": None, "max": None}
-    us = np.asarray(seconds, dtype=np.float64) * 1e6
-    return {"count": int(len(us)), "mean": float(us.mean()), "p50": float(np.percentile(us, 50)),
-            "p99": float(np.percentile(us, 99)), "max": float(us.max())}
+    """Simulated decision times in microseconds (summary.json's `decision_time_us`)."""
+    return summarize_values(seconds, scale=1e6, keys=("count", "mean", "p50", "p99", "max"))
 
 
 def build_outcome(sim) -> SimOutcome:

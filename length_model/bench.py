@@ -10,6 +10,8 @@ import time
 
 import numpy as np
 
+from traces.summary import prefixed, summarize_values
+
 from .config import BenchConfig, to_dict
 from .serving import AsyncLengthPredictor, LengthPredictor
 
@@ -52,9 +54,7 @@ def run_bench(predictor: LengthPredictor, prompts: list[str], cfg: BenchConfig) 
         "config": to_dict(cfg),
         "requests": n, "completed": int(ok.size),
         "achieved_rate_rps": float(n / (start_at[-1] - start_at[0])) if n > 1 else float("nan"),
-        "latency_ms_mean": float(ok.mean()), "latency_ms_p50": float(np.percentile(ok, 50)),
-        "latency_ms_p90": float(np.percentile(ok, 90)), "latency_ms_p99": float(np.percentile(ok, 99)),
-        "latency_ms_max": float(ok.max()),
+        **prefixed(summarize_values(ok), "latency_ms_"),
         "mean_batch_size": float(np.mean(batch_sizes)) if batch_sizes else 0.0,
         "encoder": to_dict(predictor.encoder.cfg),
         "head": predictor.train_cfg.head,

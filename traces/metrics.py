@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
+from traces.summary import summarize_values
+
 LATENCY_METRICS = ("ttft_s", "e2e_s", "tpot_s", "norm_latency_s_per_token", "cached_tokens")
 
 
@@ -57,12 +59,11 @@ def write_csv(results: list[RequestResult], path) -> None:
             writer.writerow({k: ("" if v is None else v) for k, v in asdict(r).items()})
 
 
+DIST_KEYS = ("count", "mean", "p50", "p90", "p99")   # a summary.json distribution's fields
+
+
 def _dist(values: list[float]) -> dict:
-    if not values:
-        return {"count": 0, "mean": None, "p50": None, "p90": None, "p99": None}
-    v = np.asarray(values, dtype=np.float64)
-    return {"count": int(len(v)), "mean": float(v.mean()), "p50": float(np.percentile(v, 50)),
-            "p90": float(np.percentile(v, 90)), "p99": float(np.percentile(v, 99))}
+    return summarize_values(values, keys=DIST_KEYS)
 
 
 def busy_time_s(intervals: list[tuple[float, float]]) -> float:

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from traces.format import Trace
+from traces.summary import summarize_values
 from traces.tokenizer import load_tokenizer
 
 
@@ -32,9 +33,9 @@ def _summary(values: np.ndarray) -> dict:
     if len(values) == 0:
         return {"count": 0}
     v = values.astype(np.float64)
-    return {"count": int(len(v)), "mean": float(v.mean()), "std": float(v.std()), "min": float(v.min()),
-            "p50": float(np.percentile(v, 50)), "p90": float(np.percentile(v, 90)),
-            "p99": float(np.percentile(v, 99)), "max": float(v.max())}
+    s = summarize_values(v)
+    return {"count": s["count"], "mean": s["mean"], "std": float(v.std()), "min": float(v.min()),
+            "p50": s["p50"], "p90": s["p90"], "p99": s["p99"], "max": s["max"]}
 
 
 def shared_prefix_tokens(token_lists: list[list[int]], page_tokens: int) -> np.ndarray:

@@ -58,6 +58,7 @@ from sglang_ext.core.global_tree import GlobalTree
 from sglang_ext.core.ledger import LoadLedger
 from sglang_ext.core.policies.base import ClusterView
 from sglang_ext.core.token_bytes import pack
+from traces.summary import prefixed, summarize_values
 
 VOCAB = 32_000
 TARGET_P99_US = 100.0
@@ -326,11 +327,7 @@ def time_decisions(tree: GlobalTree, ledger: LoadLedger, probes: list, count: in
         cpus.append(c1 - c0)
     out = {}
     for name, t in (("wall", walls), ("cpu", cpus)):
-        t.sort()
-        n = len(t)
-        out[f"{name}_p50_us"] = t[n // 2] / 1e3
-        out[f"{name}_p99_us"] = t[min(n - 1, int(0.99 * n))] / 1e3
-        out[f"{name}_mean_us"] = sum(t) / n / 1e3
+        out.update(prefixed(summarize_values(t, scale=1e-3), f"{name}_", "_us", keys=("p50", "p99", "mean")))
     return out
 
 

@@ -5,6 +5,11 @@ in; this module only counts it, in a histogram with geometric buckets (8 per oct
 from 1 us: each bucket spans 9 %), as Prometheus histograms do. Memory stays fixed
 however long the server runs, and a reader that saved the counts before a workload can
 subtract them afterwards to get that workload's own percentiles (`delta`).
+
+These percentiles are bucket edges, not the interpolated sample percentiles that every
+benchmark and results file computes (`traces/summary.py`): a bounded histogram cannot
+keep the samples. The two agree to within one bucket (9 %), the histogram's above. The
+core imports nothing outside itself, so it keeps this estimate rather than that module.
 """
 
 from __future__ import annotations
