@@ -26,7 +26,6 @@ overloaded and the rate falls (for strict open-loop arrivals use `python -m trac
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import time
@@ -38,6 +37,7 @@ from traces.arrivals import parse_steps
 from traces.config import CommonConfig
 from traces.distributions import DiscreteDistribution
 from traces.react import ReactConfig, workload_prefixes
+from traces.sse import decode_all
 
 
 @events.init_command_line_parser.add_listener
@@ -121,21 +121,12 @@ class ReactAgent(FastHttpUser):
             try:
                 if resp.status_code != 200:
                     raise RuntimeError(f"HTTP {resp.status_code}")
-                buffer = b""
-                for data in resp.iter_content(chunk_size=4096):
-                    buffer += data if isinstance(data, bytes) else data.encode()
-                    *events_, buffer = buffer.split(b"\n\n")
-                    for event in events_:
-                        event = event.strip()
-                        if not event.startswith(b"data:") or event[5:].strip() == b"[DONE]":
-                            continue
-                        chunk = json.loads(event[5:])
-                        if "error" in chunk:
-                            raise RuntimeError(f"server error: {chunk['error']}")
-                        meta = chunk.get("meta_info") or meta
-                        text = chunk.get("text", text)    # SGLang streams the text so far by default
-                        if first is None and (meta.get("completion_tokens") or 0) >= 1:
-                            first = time.perf_counter()
+                raw = (d if isinstance(d, bytes) else d.encode() for d in resp.iter_content(chunk_size=4096))
+                for chunk in decode_all(raw):    # the replay client's decoder (traces/sse.py)
+                    meta = chunk.get("meta_info") or meta
+                    text = chunk.get("text", text)    # SGLang streams the text so far by default
+                    if first is None and (meta.get("completion_tokens") or 0) >= 1:
+                        first = time.perf_counter()
                 if not meta:
                     raise RuntimeError("empty stream")
             except Exception as err:  # noqa: BLE001 - any failure marks this turn failed in Locust

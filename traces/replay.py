@@ -23,6 +23,7 @@ from sglang_ext.settings import CLIENT_MAX_NEW_TOKENS_KEY, ORACLE_OUTPUT_TOKENS_
 from sglang_ext.gateway import worker_index
 from traces.format import Trace, TraceRequest
 from traces.metrics import RequestResult, summarize, write_csv
+from traces.sse import decode_async
 
 
 class ServerUnreachable(RuntimeError):
@@ -125,18 +126,6 @@ def _worker(meta: dict) -> int | None:
     return rank if rank is not None else worker_index(meta.get("weight_version"))
 
 
-def _parse_event(event: bytes) -> dict | None:
-    """One server-sent event's JSON, or None for [DONE], comments and blank events."""
-    event = event.strip()
-    if not event.startswith(b"data:"):
-        return None
-    payload = event[5:].strip()
-    if payload == b"[DONE]":
-        return None
-    chunk = json.loads(payload)
-    return chunk if isinstance(chunk, dict) else None
-
-
 async def _send(session, req: TraceRequest, cfg: ReplayConfig, start: float, slots: asyncio.Semaphore,
                 result: RequestResult) -> None:
     import aiohttp
@@ -154,21 +143,12 @@ async def _send(session, req: TraceRequest, cfg: ReplayConfig, start: float, slo
             async with session.post(cfg.url + "/generate", json=request_body(req, cfg), timeout=timeout) as resp:
                 if resp.status != 200:
                     raise RuntimeError(f"HTTP {resp.status}: {(await resp.text())[:200]}")
-                # Events are "data: {json}\n\n"; read raw bytes and split ourselves, since
-                # a cumulative-text chunk can outgrow aiohttp's line-length limit.
-                buffer = b""
-                async for data in resp.content.iter_any():
-                    buffer += data
-                    *events, buffer = buffer.split(b"\n\n")
-                    for event in events:
-                        chunk = _parse_event(event)
-                        if chunk is None:
-                            continue
-                        if "error" in chunk:
-                            raise RuntimeError(f"server error: {chunk['error']}")
-                        meta = chunk.get("meta_info") or meta
-                        if first_token is None and (meta.get("completion_tokens") or 0) >= 1:
-                            first_token = time.perf_counter()
+                # Raw bytes into the SSE decoder: a cumulative-text chunk can outgrow
+                # aiohttp's line-length limit, so the stream is not read by lines.
+                async for chunk in decode_async(resp.content.iter_any()):
+                    meta = chunk.get("meta_info") or meta
+                    if first_token is None and (meta.get("completion_tokens") or 0) >= 1:
+                        first_token = time.perf_counter()
             done = time.perf_counter()
             if not meta:
                 raise RuntimeError("the stream ended without any output")
