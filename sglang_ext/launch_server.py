@@ -37,6 +37,7 @@ rank advertises (`feeds.py`). See docs/multinode.md.
 
 from __future__ import annotations
 
+import argparse
 import ipaddress
 import json
 import os
@@ -63,29 +64,53 @@ class UsageError(Exception):
     pass
 
 
-def _pop_flag(argv: list[str], flag: str) -> str | None:
-    """Remove `flag VALUE` or `flag=VALUE` from argv; return VALUE (last one wins)."""
-    value = None
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        if arg == flag:
-            if i + 1 >= len(argv):
-                raise UsageError(f"{flag} needs a value")
-            value = argv[i + 1]
-            del argv[i : i + 2]
-        elif arg.startswith(flag + "="):
-            value = arg.split("=", 1)[1]
-            del argv[i]
-        else:
-            i += 1
-    return value
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises `UsageError` (one line) instead of printing usage and exiting."""
+
+    def error(self, message: str):
+        raise UsageError(message)
+
+
+def _our_flags() -> _Parser:
+    """Our flags, taken out of the command line; everything else goes to SGLang as it was.
+    Values are checked after parsing (not with `choices=`), so that every error is our
+    one-line message with the list of valid values. No `-h`: `--help` reaches SGLang's
+    parser. No abbreviations: `--dp` must not be read as one of ours."""
+    parser = _Parser(prog="launch_server", add_help=False, allow_abbrev=False)
+    parser.add_argument("--load-balance-method")
+    parser.add_argument("--length-source")
+    parser.add_argument("--length-model")
+    parser.add_argument("--predict-wait-ms")
+    parser.add_argument("--cost-model")
+    parser.add_argument("--prefix-holds")
+    parser.add_argument("--kv-mirror", default="auto")
+    parser.add_argument(REMOTE_EVENTS_FLAG, dest="allow_remote", action="store_true")
+    parser.add_argument("--feed-host")
+    return parser
+
+
+def _sglang_flags() -> _Parser:
+    """The SGLang flags we read but leave in place (SGLang parses them again itself)."""
+    parser = _Parser(prog="launch_server", add_help=False, allow_abbrev=False)
+    parser.add_argument("--kv-events-config")
+    parser.add_argument("--device")
+    parser.add_argument("--dp-size", "--dp", "--data-parallel-size", dest="dp_size")
+    parser.add_argument("--use-ray", action="store_true")
+    return parser
+
+
+def split_args(argv: list[str]) -> tuple[argparse.Namespace, argparse.Namespace, list[str]]:
+    """(our flags, the SGLang flags we read, SGLang's argv without ours). A flag given
+    twice: the last one wins, as in SGLang's own parser."""
+    ours, rest = _our_flags().parse_known_args(argv)
+    theirs, _ = _sglang_flags().parse_known_args(rest)
+    return ours, theirs, rest
 
 
 def translate_args(argv: list[str], environ: dict) -> list[str]:
     """Split our flags from SGLang's; set our settings in `environ`; return SGLang's argv."""
-    argv = list(argv)
-    method = _pop_flag(argv, "--load-balance-method")
+    ours, theirs, argv = split_args(list(argv))
+    method = ours.load_balance_method
     valid = list(POLICIES) + [m for m in SGLANG_ONLY_METHODS if m not in POLICIES]
     if method is not None:
         if method not in valid:
@@ -96,46 +121,42 @@ def translate_args(argv: list[str], environ: dict) -> list[str]:
         else:
             environ.pop(ENV_POLICY, None)
         argv += ["--load-balance-method", method]
-    length_source = _pop_flag(argv, "--length-source")
-    if length_source is not None:
+    if ours.length_source is not None:
         sources = [s.value for s in LengthSource]
-        if length_source not in sources:
-            raise UsageError(f"unknown --length-source {length_source!r}; valid: {', '.join(sources)}")
-        environ[ENV_LENGTH_SOURCE] = length_source
-    length_model = _pop_flag(argv, "--length-model")
-    if length_model is not None:
-        environ[ENV_LENGTH_MODEL] = length_model
-    wait_ms = _pop_flag(argv, "--predict-wait-ms")
+        if ours.length_source not in sources:
+            raise UsageError(f"unknown --length-source {ours.length_source!r}; valid: {', '.join(sources)}")
+        environ[ENV_LENGTH_SOURCE] = ours.length_source
+    if ours.length_model is not None:
+        environ[ENV_LENGTH_MODEL] = ours.length_model
+    wait_ms = ours.predict_wait_ms
     if wait_ms is not None:
         try:
-            if float(wait_ms) < 0:
+            if not float(wait_ms) >= 0:  # also refuses nan
                 raise ValueError
         except ValueError:
             raise UsageError(f"--predict-wait-ms must be a number >= 0, got {wait_ms!r}") from None
         environ[ENV_PREDICT_WAIT_MS] = wait_ms
-    cost_model = _pop_flag(argv, "--cost-model")
-    if cost_model is not None:
+    if ours.cost_model is not None:
         from sglang_ext.core.cost_model import CostModelError
         from sglang_ext.core.router import build_cost_model
 
         try:
-            build_cost_model(cost_model)
+            build_cost_model(ours.cost_model)
         except CostModelError as exc:
             raise UsageError(f"--cost-model: {exc}") from None
-        environ[ENV_COST_MODEL] = cost_model
-    holds = _pop_flag(argv, "--prefix-holds")
+        environ[ENV_COST_MODEL] = ours.cost_model
+    holds = ours.prefix_holds
     if holds is not None:
         if holds not in ("on", "off"):
             raise UsageError(f"--prefix-holds must be on or off, got {holds!r}")
         environ[ENV_PREFIX_HOLDS] = holds
-    mirror = _pop_flag(argv, "--kv-mirror") or "auto"
+    mirror = ours.kv_mirror
     if mirror not in ("auto", "events", "approximate"):
         raise UsageError(f"unknown --kv-mirror {mirror!r}; valid: auto, events, approximate")
-    allow_remote = _pop_switch(argv, REMOTE_EVENTS_FLAG)
-    user_events = _flag_value(argv, "--kv-events-config")
+    user_events = theirs.kv_events_config
     if user_events is not None:
         remote = remote_kv_event_endpoints(user_events)
-        if remote and not allow_remote:
+        if remote and not ours.allow_remote:
             raise UsageError(
                 f"--kv-events-config publishes on {', '.join(remote)}, reachable beyond this host; the "
                 f"KV-event feed carries prompt token ids. Use a 127.0.0.1 endpoint, or add {REMOTE_EVENTS_FLAG}")
@@ -146,7 +167,7 @@ def translate_args(argv: list[str], environ: dict) -> list[str]:
             raise UsageError("--kv-mirror events needs a ZeroMQ KV-event feed, and this --kv-events-config "
                              "publishes none (use auto to fall back to the approximate mirror)")
     elif mirror != "approximate":
-        dp_size = _dp_size(argv)
+        dp_size = _dp_size(theirs.dp_size)
         try:
             argv += ["--kv-events-config", json.dumps(loopback_kv_events_config(dp_size))]
         except UsageError:
@@ -155,9 +176,9 @@ def translate_args(argv: list[str], environ: dict) -> list[str]:
             # auto: the approximate mirror needs no feed
             print("launch_server: warning: no free loopback ports for the KV-event feed; "
                   "using the approximate mirror", file=sys.stderr)
-    feed_host = _pop_flag(argv, "--feed-host")
+    feed_host = ours.feed_host
     if feed_host is not None:
-        if "--use-ray" not in argv:
+        if not theirs.use_ray:
             raise UsageError("--feed-host applies to SGLang's Ray path only; add --use-ray")
         from sglang_ext.ray_actors import ENV_FEED_HOST, check_feed_host
 
@@ -170,10 +191,10 @@ def translate_args(argv: list[str], environ: dict) -> list[str]:
             print(f"launch_server: warning: the ranks' report and KV-event feeds listen on {feed_host}; they "
                   "carry prompt token ids unauthenticated: keep that interface private (docs/multinode.md)",
                   file=sys.stderr)
-    if _flag_value(argv, "--device") == "cpu":
+    if theirs.device == "cpu":
         from sglang_ext.cpu_host import CPU_COST_MODEL, apply_cpu_defaults
 
-        apply_cpu_defaults(environ, _dp_size(argv))
+        apply_cpu_defaults(environ, _dp_size(theirs.dp_size))
         # The default file is an H100 fit; on a CPU, fit online from the closest CPU file.
         environ.setdefault(ENV_COST_MODEL, CPU_COST_MODEL)
     # Our plugin must load in every SGLang process; respect a user whitelist but add us.
@@ -181,13 +202,6 @@ def translate_args(argv: list[str], environ: dict) -> list[str]:
     if allowed and PLUGIN_NAME not in allowed.split(","):
         environ["SGLANG_PLUGINS"] = allowed + "," + PLUGIN_NAME
     return argv
-
-
-def _pop_switch(argv: list[str], flag: str) -> bool:
-    """Remove every bare `flag` from argv; True if there was one."""
-    found = flag in argv
-    argv[:] = [a for a in argv if a != flag]
-    return found
 
 
 def remote_kv_event_endpoints(kv_events_config: str) -> list[str]:
@@ -216,18 +230,8 @@ def _is_loopback(endpoint: str) -> bool:
         return False  # a wildcard (*), an interface name or a host name
 
 
-def _flag_value(argv: list[str], *flags: str) -> str | None:
-    for flag in flags:
-        for i, arg in enumerate(argv):
-            if arg == flag and i + 1 < len(argv):
-                return argv[i + 1]
-            if arg.startswith(flag + "="):
-                return arg.split("=", 1)[1]
-    return None
-
-
-def _dp_size(argv: list[str]) -> int:
-    value = _flag_value(argv, "--dp-size", "--dp", "--data-parallel-size")
+def _dp_size(value: str | None) -> int:
+    """`--dp-size` as SGLang will read it (1 when absent)."""
     if value is None:
         return 1
     try:

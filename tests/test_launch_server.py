@@ -156,3 +156,54 @@ def test_kv_mirror_events_refuses_to_start_without_a_feed_where_auto_settles_for
     assert "approximate mirror" in capsys.readouterr().err
     with pytest.raises(UsageError, match="no free loopback ports"):
         translate_args(["--kv-mirror", "events"], {})
+
+
+@pytest.mark.parametrize("form", ["space", "equals"])
+def test_each_of_our_flags_is_taken_in_both_forms_and_never_reaches_sglang(form):
+    from sglang_ext.settings import ENV_COST_MODEL, ENV_LENGTH_MODEL, ENV_PREDICT_WAIT_MS, ENV_PREFIX_HOLDS
+
+    ours = {"--load-balance-method": "lmetric", "--length-source": "predicted", "--length-model": "some/dir",
+            "--predict-wait-ms": "5", "--cost-model": "online", "--prefix-holds": "off", "--kv-mirror": "approximate"}
+    argv = []
+    for flag, value in ours.items():
+        argv += [flag, value] if form == "space" else [f"{flag}={value}"]
+    env = {}
+    out = translate_args(["--model-path", "m", *argv, "--dp-size", "2"], env)
+    assert out == ["--model-path", "m", "--dp-size", "2", "--load-balance-method", "round_robin"]
+    assert (env[ENV_POLICY], env[ENV_LENGTH_SOURCE], env[ENV_LENGTH_MODEL], env[ENV_PREDICT_WAIT_MS],
+            env[ENV_COST_MODEL], env[ENV_PREFIX_HOLDS]) == ("lmetric", "predicted", "some/dir", "5", "online", "off")
+
+
+def test_sglang_flags_pass_through_in_order_with_their_values():
+    sglang = ["--model-path", "m", "--random-seed", "-1", "--skip-tokenizer-init", "--served-model-name", "a b",
+              "--json-model-override-args", '{"x": 1}', "--chat-template=-weird", "--help"]
+    assert translate_args([*sglang[:4], "--kv-mirror", "approximate", *sglang[4:]], {}) == sglang
+
+
+def test_a_repeated_flag_is_read_as_sglang_reads_it_the_last_one_wins():
+    env = {}
+    argv = translate_args(["--dp-size", "3", "--dp-size", "4", "--length-source", "oracle",
+                           "--length-source", "max_new_tokens"], env)
+    assert env[ENV_LENGTH_SOURCE] == "max_new_tokens"
+    kv = json.loads(argv[argv.index("--kv-events-config") + 1])
+    pub, replay = (int(kv[k].rsplit(":", 1)[1]) for k in ("endpoint", "replay_endpoint"))
+    assert replay == pub + 4  # the feed is sized for the 4 ranks SGLang will start
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--cost-model"], "--cost-model: expected one argument"),
+    (["--kv-events-allow-remote=yes"], "--kv-events-allow-remote: ignored explicit argument"),
+    (["--predict-wait-ms", "-1"], "--predict-wait-ms must be a number >= 0"),
+    (["--predict-wait-ms=nan"], "--predict-wait-ms must be a number >= 0"),
+])
+def test_malformed_flags_are_one_line_usage_errors(argv, message):
+    with pytest.raises(UsageError, match=message) as err:
+        translate_args(argv, {})
+    assert "\n" not in str(err.value)
+
+
+def test_abbreviations_of_our_flags_are_left_to_sglang():
+    env = {}
+    assert translate_args(["--length-sourc", "oracle", "--kv-mirror", "approximate"], env) == \
+        ["--length-sourc", "oracle"]
+    assert ENV_LENGTH_SOURCE not in env
