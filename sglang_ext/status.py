@@ -8,16 +8,20 @@ SGLANG_EXT_STATUS_FILE.
 The temp file gets a fresh random name, created exclusively (`tempfile.mkstemp`:
 `O_CREAT | O_EXCL`, mode 0600): a fixed name such as `status.json.tmp` in a shared
 folder could be a symlink planted by another user, and opening it would write through.
+
+Encoded by `msgspec.json` (one encoder, built once): dataclasses and msgspec structs (the
+feed counters) encode natively as JSON objects, anything else as its `str`. The output
+is compact JSON (no spaces after separators); a float that is not finite becomes null.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import json
 import os
 import tempfile
 from collections import deque
+
+import msgspec
 
 ENV_STATUS_FILE = "SGLANG_EXT_STATUS_FILE"
 
@@ -46,8 +50,8 @@ class StatusWriter:
         folder, name = os.path.split(os.path.abspath(self.path))
         fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
         try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(body, f, default=_plain)
+            with os.fdopen(fd, "wb") as f:
+                f.write(_ENCODER.encode(body))
             os.replace(tmp, self.path)
         except BaseException:
             with contextlib.suppress(OSError):
@@ -58,8 +62,8 @@ class StatusWriter:
 
 
 def _plain(obj):
-    if dataclasses.is_dataclass(obj):
-        return dataclasses.asdict(obj)
-    if hasattr(obj, "__struct_fields__"):
-        return {f: getattr(obj, f) for f in obj.__struct_fields__}
+    """What msgspec cannot encode itself (a numpy scalar, a deque...): its text."""
     return str(obj)
+
+
+_ENCODER = msgspec.json.Encoder(enc_hook=_plain)

@@ -6,6 +6,7 @@ the way SGLang's schedulers do (`load_snapshot.py: ShmLoadSnapshotWriter` keeps 
 from __future__ import annotations
 
 import errno
+import json
 import os
 import subprocess
 import sys
@@ -89,7 +90,7 @@ def test_the_status_file_is_written_without_following_a_planted_temp_symlink(tmp
     writer = StatusWriter(str(status), min_interval_s=0.0)
     writer.maybe_write(time.monotonic(), lambda: {"ok": True})
     assert target.read_text() == "precious"
-    assert status.read_text() == '{"ok": true, "recent_decisions": []}'
+    assert json.loads(status.read_text()) == {"ok": True, "recent_decisions": []}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["status.json", "status.json.tmp", "victim"]
 
 
@@ -98,3 +99,27 @@ def test_a_failed_status_write_leaves_no_temp_file(tmp_path):
     with pytest.raises(TypeError):
         writer.maybe_write(0.0, lambda: {"bad": object.__new__(type("Opaque", (), {"__str__": None}))})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_status_file_encodes_structs_dataclasses_and_odd_values_as_readers_expect(tmp_path):
+    import dataclasses
+    from collections import deque
+
+    import numpy as np
+
+    from sglang_ext.core.events import FeedStats
+
+    @dataclasses.dataclass
+    class Fit:
+        name: str = "online"
+
+    status = tmp_path / "status.json"
+    writer = StatusWriter(str(status), min_interval_s=0.0)
+    writer.record_decision("r1", 1, [0, 16], 2.5)
+    writer.maybe_write(0.0, lambda: {"kv_events": FeedStats(gaps=2), "cost_model": Fit(), "n": np.int64(3),
+                                     "recent": deque([1]), "bad": float("nan"), "by_worker": {0: 5}})
+    body = json.loads(status.read_text())
+    assert body["kv_events"]["gaps"] == 2 and body["kv_events"]["replays"] == 0
+    assert body["cost_model"] == {"name": "online"} and body["n"] == "3" and body["recent"] == "deque([1])"
+    assert body["bad"] is None and body["by_worker"] == {"0": 5}
+    assert body["recent_decisions"] == [{"rid": "r1", "worker": 1, "cached_tokens": [0, 16], "t": 2.5}]
