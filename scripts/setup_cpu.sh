@@ -14,7 +14,7 @@ STAMP=$VENV/.setup-stamp
 
 inputs_hash() {
   cat scripts/setup_cpu.sh scripts/patch_torchvision.py scripts/cpu_shim/sgl_kernel/__init__.py \
-      requirements/*.txt pyproject.toml setup.py sglang_ext/_tokens.c | sha256sum | cut -d' ' -f1
+      requirements/*.txt pyproject.toml setup.py sglang_ext/_tokens.c sglang_ext/_policy_costs.c | sha256sum | cut -d' ' -f1
 }
 
 want=$(inputs_hash)

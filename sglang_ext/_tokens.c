@@ -315,12 +315,37 @@ static PyObject *packed_common_prefix(PyObject *self, PyObject *const *args, Py_
     return PyLong_FromSsize_t(i);
 }
 
+/* A worker bitmask (a non-negative Python int) as `nbytes` little-endian bytes; -1 with
+ * an exception set if it is negative or has bits at or above nbytes * 8 (bits from n up
+ * to the byte's end are caught by the caller). */
+static int mask_bytes(PyObject *mask, unsigned char *bits, Py_ssize_t nbytes) {
+    if (!PyLong_Check(mask)) {
+        PyErr_SetString(PyExc_TypeError, "a level's mask must be an int");
+        return -1;
+    }
+#if PY_VERSION_HEX >= 0x030D0000
+    Py_ssize_t need = PyLong_AsNativeBytes(mask, bits, nbytes,
+                                           Py_ASNATIVEBYTES_LITTLE_ENDIAN | Py_ASNATIVEBYTES_UNSIGNED_BUFFER
+                                               | Py_ASNATIVEBYTES_REJECT_NEGATIVE);
+    if (need < 0) return -1;
+    if (need > nbytes) {
+        PyErr_SetString(PyExc_OverflowError, "a level's mask names a worker >= n");
+        return -1;
+    }
+    return 0;
+#else
+    return _PyLong_AsByteArray((PyLongObject *)mask, bits, (size_t)nbytes, 1, 0);
+#endif
+}
+
 /* spread(levels, n, floor=None) -> list of n ints. `levels` holds disjoint (mask, value)
- * pairs, each mask a little-endian bytes bitmap of workers; item w of the result is the
- * value of the level whose mask has bit w, else 0; with a `floor` list, the larger of
+ * pairs, each mask an int bitmask of workers (bit w: worker w); item w of the result is
+ * the value of the level whose mask has bit w, else 0; with a `floor` list, the larger of
  * that and floor[w] (the router merges its two trees' matches so, where a Python
  * `map(max, ...)` over 128 workers cost ~13 us). (A Python loop over set bits costs ~0.1 us
- * per worker, which at 128 workers was the largest part of a match.) */
+ * per worker, which at 128 workers was the largest part of a match.) The masks are read
+ * here, not turned into bytes in Python (`int.to_bytes` per level cost more than the
+ * spread), and int values are compared as C integers. */
 static PyObject *spread(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs < 2 || nargs > 3 || !PyList_Check(args[0])) {
         PyErr_SetString(PyExc_TypeError, "spread(levels: list, n: int, floor: list | None = None)");
@@ -336,49 +361,68 @@ static PyObject *spread(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "floor must be a list of n ints");
         return NULL;
     }
-    PyObject *zero = PyLong_FromLong(0);
-    PyObject *out = zero ? PyList_New(n) : NULL;
-    if (out == NULL) {
+    Py_ssize_t nbytes = (n + 7) / 8;
+    unsigned char stack_bits[64];
+    unsigned char *bits = nbytes <= (Py_ssize_t)sizeof(stack_bits) ? stack_bits : PyMem_Malloc(nbytes ? nbytes : 1);
+    if (bits == NULL) return PyErr_NoMemory();
+    PyObject *out = NULL;
+    if (floor != NULL) {
+        out = PyList_GetSlice(floor, 0, n); /* a copy: the floor list itself is left alone */
+    } else {
+        PyObject *zero = PyLong_FromLong(0);
+        out = zero ? PyList_New(n) : NULL;
+        for (Py_ssize_t w = 0; out != NULL && w < n; w++) {
+            Py_INCREF(zero);
+            PyList_SET_ITEM(out, w, zero);
+        }
         Py_XDECREF(zero);
-        return NULL;
     }
-    for (Py_ssize_t w = 0; w < n; w++) {
-        PyObject *start = floor != NULL ? PyList_GET_ITEM(floor, w) : zero;
-        Py_INCREF(start);
-        PyList_SET_ITEM(out, w, start);
-    }
-    Py_DECREF(zero);
+    if (out == NULL) goto fail;
     PyObject *levels = args[0];
     for (Py_ssize_t k = 0; k < PyList_GET_SIZE(levels); k++) {
         PyObject *level = PyList_GET_ITEM(levels, k);
-        if (!PyTuple_Check(level) || PyTuple_GET_SIZE(level) != 2 || !PyBytes_Check(PyTuple_GET_ITEM(level, 0))) {
-            PyErr_SetString(PyExc_TypeError, "each level must be a (bytes, value) tuple");
-            Py_DECREF(out);
-            return NULL;
+        if (!PyTuple_Check(level) || PyTuple_GET_SIZE(level) != 2) {
+            PyErr_SetString(PyExc_TypeError, "each level must be a (mask, value) tuple");
+            goto fail;
         }
-        PyObject *mask = PyTuple_GET_ITEM(level, 0);
         PyObject *value = PyTuple_GET_ITEM(level, 1);
-        const unsigned char *bits = (const unsigned char *)PyBytes_AS_STRING(mask);
-        Py_ssize_t nbytes = PyBytes_GET_SIZE(mask);
+        if (mask_bytes(PyTuple_GET_ITEM(level, 0), bits, nbytes) < 0) goto fail;
+        /* An int value is compared with int floor items as C integers; anything else
+         * (a huge int, another type) through Python's comparison. */
+        int overflow = 1;
+        long long v = PyLong_Check(value) ? PyLong_AsLongLongAndOverflow(value, &overflow) : 0;
+        if (v == -1 && PyErr_Occurred()) goto fail;
         for (Py_ssize_t b = 0; b < nbytes; b++) {
             for (unsigned int byte = bits[b], j = 0; byte; byte >>= 1, j++) {
+                if (!(byte & 1)) continue;
                 Py_ssize_t w = b * 8 + (Py_ssize_t)j;
-                if ((byte & 1) && w < n) {
-                    if (floor != NULL) {
-                        int above = PyObject_RichCompareBool(value, PyList_GET_ITEM(out, w), Py_GT);
-                        if (above < 0) {
-                            Py_DECREF(out);
-                            return NULL;
-                        }
-                        if (!above) continue;
-                    }
-                    Py_INCREF(value);
-                    PyList_SetItem(out, w, value); /* steals `value`, releases the old item */
+                if (w >= n) {
+                    PyErr_SetString(PyExc_OverflowError, "a level's mask names a worker >= n");
+                    goto fail;
                 }
+                if (floor != NULL) {
+                    PyObject *current = PyList_GET_ITEM(out, w);
+                    int above, item_overflow = 1;
+                    long long f = (!overflow && PyLong_CheckExact(current))
+                                      ? PyLong_AsLongLongAndOverflow(current, &item_overflow) : 0;
+                    if (!item_overflow) {
+                        above = v > f;
+                    } else if ((above = PyObject_RichCompareBool(value, current, Py_GT)) < 0) {
+                        goto fail;
+                    }
+                    if (!above) continue;
+                }
+                Py_INCREF(value);
+                PyList_SetItem(out, w, value); /* steals `value`, releases the old item */
             }
         }
     }
+    if (bits != stack_bits) PyMem_Free(bits);
     return out;
+fail:
+    if (bits != stack_bits) PyMem_Free(bits);
+    Py_XDECREF(out);
+    return NULL;
 }
 
 static PyMethodDef methods[] = {
@@ -389,7 +433,7 @@ static PyMethodDef methods[] = {
     {"packed_common_prefix", (PyCFunction)(void (*)(void))packed_common_prefix, METH_FASTCALL,
      "packed_common_prefix(a, start, b) -> leading tokens of packed a[start:] equal to packed b"},
     {"spread", (PyCFunction)(void (*)(void))spread, METH_FASTCALL,
-     "spread(levels: list[(mask_bytes_le, value)], n, floor=None) -> per-worker values "
+     "spread(levels: list[(int_mask, value)], n, floor=None) -> per-worker values "
      "(each at least floor[w] when a floor list is given)"},
     {NULL, NULL, 0, NULL},
 };

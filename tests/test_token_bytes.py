@@ -173,3 +173,16 @@ def test_match_packed_with_a_floor_unions_two_trees():
         data = pack(p)
         assert b.match_packed(data, floor=a.match_packed(data)) == [
             max(x, y) for x, y in zip(a.match(p), b.match(p))]
+
+
+def test_spread_refuses_masks_outside_its_workers():
+    with pytest.raises(OverflowError):
+        spread([(1 << 9, 5)], 9)  # worker 9 of 9: within the mask's last byte, past n
+    with pytest.raises(OverflowError):
+        spread([(1 << 16, 5)], 9)  # past the mask's bytes
+    with pytest.raises((OverflowError, ValueError)):
+        spread([(-1, 5)], 9)
+    with pytest.raises(TypeError):
+        spread([(b"\x01", 5)], 9)
+    # Values too large for a C integer are compared as Python ints.
+    assert spread([(0b11, 2**70)], 2, [1, 2**71]) == [2**70, 2**71]

@@ -81,13 +81,8 @@ def _spread_python(levels: list[tuple[int, int]], n: int, floor: list[int] | Non
 
 
 try:
-    from sglang_ext._tokens import common_prefix, packed_common_prefix, pack_u32 as pack, spread as _spread_bytes
+    from sglang_ext._tokens import common_prefix, packed_common_prefix, pack_u32 as pack, spread
     COMPILED = True
-
-    def spread(levels: list[tuple[int, int]], n: int, floor: list[int] | None = None) -> list[int]:
-        nbytes = (n + 7) // 8
-        return _spread_bytes([(mask.to_bytes(nbytes, "little"), value) for mask, value in levels], n, floor)
-
 except ImportError:  # built without a C compiler
     pack, common_prefix, spread = _pack_array, _common_prefix_array, _spread_python
     packed_common_prefix = _packed_common_prefix_python

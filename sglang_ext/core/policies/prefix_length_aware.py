@@ -33,16 +33,23 @@ The policy also asks the host to hold a request whose prefix on its worker is st
 prefilled for another request (`holds_for_prefix`, see `sglang_ext/core/prefix_hold.py`).
 
 Ties go to the worker with fewer requests, then the lowest index. Cost: O(workers) on top
-of the host's prefix match, as a few numpy vector operations over the view's load columns
-(a Python loop over 128 workers cost ~50 us per decision); no history, no scan of the tree.
-The arithmetic is the same expression in the same order per worker, so the costs equal
-those of a per-worker loop exactly.
+of the host's prefix match; no history, no scan of the tree. `cost_array` is the rule as a
+few numpy vector operations over the view's load columns (a Python loop over 128 workers
+cost ~50 us per decision, these ~15 us); `choose` runs the same arithmetic in one C loop
+(`sglang_ext/_policy_costs.c`, ~1-2 us at 128 workers) when the package was built with a
+compiler, else the numpy form. Both compute the same expression in the same order and
+types per worker, so costs and choices are identical (a test checks it on random views).
 """
 
 import numpy as np
 
 from sglang_ext.core.cost_model import DEFAULT_COST_MODEL, CostModel, load_cost_model
 from sglang_ext.core.policies.base import ClusterView, Policy, PolicyConfig, Request, all_alive, lowest
+
+try:
+    from sglang_ext._policy_costs import choose as _choose_compiled
+except ImportError:  # built without a C compiler: the numpy form decides
+    _choose_compiled = None
 
 
 class PrefixLengthAware(Policy):
@@ -85,6 +92,17 @@ class PrefixLengthAware(Policy):
         return self.cost_array(request, view).tolist()
 
     def choose(self, request: Request, view: ClusterView) -> int:
+        if _choose_compiled is not None:
+            cols = view.load_columns()
+            return _choose_compiled(
+                view.cached_tokens, request.prompt_tokens, request.expected_output_tokens(self.config.length_source),
+                self.cost.prefill_us_per_token, self.cost.decode_us_per_request, cols.requests,
+                cols.queued_prefill_tokens, cols.pending_decode_tokens, cols.kv_tokens_committed,
+                cols.kv_capacity_tokens, cols.alive)
+        return self.choose_numpy(request, view)
+
+    def choose_numpy(self, request: Request, view: ClusterView) -> int:
+        """`choose` in numpy (the form without a compiler; tests compare both)."""
         best = lowest(self.cost_array(request, view))
         if len(best) == 1:
             return best[0]
