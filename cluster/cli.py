@@ -74,7 +74,7 @@ def sim_config_from(args: argparse.Namespace, **overrides) -> SimConfig:
 
 
 def print_table(summary: dict, wall_s: float | None, title: str) -> None:
-    """A short human-readable table of a run (rich if it is installed)."""
+    """A short human-readable table of a run (name / value rows)."""
     sim = summary.get("simulator", {})
     dec = summary.get("decision_time_us", {})
 
@@ -96,18 +96,9 @@ def print_table(summary: dict, wall_s: float | None, title: str) -> None:
     ]
     if wall_s is not None:
         rows.append(("wall time (s)", f"{wall_s:.1f}"))
-    try:
-        from rich.console import Console
-        from rich.table import Table
-    except ImportError:
-        print(title)
-        for k, v in rows:
-            print(f"  {k:32s} {v}")
-        return
-    table = Table(title=title, show_header=False)
-    for k, v in rows:
-        table.add_row(k, v)
-    Console().print(table)
+    from traces.console import print_table as print_rich_table
+
+    print_rich_table(rows, title=title)
 
 
 # ---------------------------------------------------------------------- subcommands

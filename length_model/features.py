@@ -14,6 +14,7 @@ import sys
 import time
 
 import numpy as np
+from tqdm import tqdm
 
 from .config import EmbedConfig, to_dict
 from .data import Pair
@@ -39,20 +40,6 @@ def split_indices(pairs: list[Pair], split: str, limit: int, seed: int) -> np.nd
     return idx
 
 
-def _progress(label: str):
-    last = [0.0]
-
-    def report(done: int, total: int, elapsed_s: float) -> None:
-        if elapsed_s - last[0] >= 5 or done == total:
-            last[0] = elapsed_s
-            rate = done / max(elapsed_s, 1e-9)
-            eta = (total - done) / max(rate, 1e-9)
-            print(f"  embed {label}: {done}/{total}  {rate:.0f} prompts/s  eta {eta:.0f} s",
-                  file=sys.stderr, flush=True)
-
-    return report
-
-
 def build_cache(work_dir: pathlib.Path, cfg: EmbedConfig, pairs: list[Pair], split: str,
                 limit: int = 0, seed: int = 0, encoder: Encoder | None = None) -> pathlib.Path:
     path = cache_path(work_dir, cfg, split)
@@ -63,7 +50,11 @@ def build_cache(work_dir: pathlib.Path, cfg: EmbedConfig, pairs: list[Pair], spl
             return path
     encoder = encoder or Encoder(cfg)
     t0 = time.monotonic()
-    feats = encode_many(encoder, [pairs[i].prompt for i in idx], _progress(f"{cfg.kind}/{split}"))
+    # Redrawn every 5 s off a terminal (a log), as the lines it replaced were.
+    with tqdm(total=len(idx), desc=f"embed {cfg.kind}/{split}", unit="prompt", file=sys.stderr,
+              mininterval=0.1 if sys.stderr.isatty() else 5.0) as bar:
+        feats = encode_many(encoder, [pairs[i].prompt for i in idx],
+                            lambda done, _total, _elapsed_s: bar.update(done - bar.n))
     targets = np.array([pairs[i].response_tokens for i in idx], dtype=np.int64)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npz")

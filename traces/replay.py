@@ -164,21 +164,30 @@ async def _send(session, req: TraceRequest, cfg: ReplayConfig, start: float, slo
 
 
 async def _progress(results: list[RequestResult], start: float, stop: asyncio.Event) -> None:
+    """A tqdm bar of finished requests on a terminal; off one (a log file), a plain line
+    every 5 s, since a bar's redraws would fill the log."""
+    from tqdm import tqdm
+
     tty = sys.stderr.isatty()
     period = 1.0 if tty else 5.0
-    while not stop.is_set():
-        try:
-            await asyncio.wait_for(stop.wait(), timeout=period)
-        except asyncio.TimeoutError:
-            pass
-        sent = sum(1 for r in results if r.sent_s is not None)
-        done = sum(1 for r in results if r.ok or r.error)
-        failed = sum(1 for r in results if r.error)
-        line = (f"replay: {time.perf_counter() - start:6.1f} s  sent {sent}/{len(results)}  "
-                f"done {done}  in flight {sent - done}  failed {failed}")
-        print(("\r" + line) if tty else line, end="" if tty else "\n", file=sys.stderr, flush=True)
-    if tty:
-        print(file=sys.stderr)
+    bar = tqdm(total=len(results), desc="replay", unit="req", file=sys.stderr, dynamic_ncols=True, disable=not tty)
+    try:
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=period)
+            except asyncio.TimeoutError:
+                pass
+            sent = sum(1 for r in results if r.sent_s is not None)
+            done = sum(1 for r in results if r.ok or r.error)
+            failed = sum(1 for r in results if r.error)
+            if tty:
+                bar.set_postfix(sent=sent, in_flight=sent - done, failed=failed, refresh=False)
+                bar.update(done - bar.n)
+            else:
+                print(f"replay: {time.perf_counter() - start:6.1f} s  sent {sent}/{len(results)}  "
+                      f"done {done}  in flight {sent - done}  failed {failed}", file=sys.stderr, flush=True)
+    finally:
+        bar.close()
 
 
 async def replay_async(trace: Trace, cfg: ReplayConfig) -> tuple[list[RequestResult], int | None]:

@@ -64,16 +64,18 @@ def row(policy: str, source: str, seed: int, s: dict) -> dict:
     }
 
 
+TABLE_COLUMNS = (("policy", "policy", "{}"), ("length_source", "length source", "{}"), ("seed", "seed", "{}"),
+                 ("e2e_mean_s", "e2e mean s", "{:.2f}"), ("e2e_p99_s", "e2e p99 s", "{:.2f}"),
+                 ("ttft_mean_s", "TTFT mean s", "{:.3f}"), ("ttft_p99_s", "TTFT p99 s", "{:.3f}"),
+                 ("norm_latency_mean_s_per_token", "norm lat s/tok", "{:.4f}"),
+                 ("prefix_hit_rate", "hit rate", "{:.2f}"), ("busy_imbalance", "imbalance", "{:.2f}"))
+
+
 def print_table(rows: list[dict]) -> None:
-    cols = [("policy", "{:<20}"), ("length_source", "{:<15}"), ("seed", "{:>4}"), ("e2e_mean_s", "{:>10.2f}"),
-            ("e2e_p99_s", "{:>9.2f}"), ("ttft_mean_s", "{:>11.3f}"), ("ttft_p99_s", "{:>10.3f}"),
-            ("norm_latency_mean_s_per_token", "{:>10.4f}"), ("prefix_hit_rate", "{:>8.2f}"),
-            ("busy_imbalance", "{:>9.2f}")]
-    heads = ["policy", "length_source", "seed", "e2e_mean", "e2e_p99", "ttft_mean", "ttft_p99", "norm_lat",
-             "hit_rate", "imbalance"]
-    print(" ".join(f"{h:>{len(fmt.format(rows[0][c])) if rows else 8}}" for h, (c, fmt) in zip(heads, cols)))
-    for r in rows:
-        print(" ".join(fmt.format(r[c]) if isinstance(r[c], (int, float)) else str(r[c]) for c, fmt in cols))
+    from traces.console import print_table as print_rich_table
+
+    cells = [[None if r.get(key) is None else fmt.format(r[key]) for key, _, fmt in TABLE_COLUMNS] for r in rows]
+    print_rich_table(cells, [head for _, head, _ in TABLE_COLUMNS], title="live-lengths", left_columns=2)
 
 
 def plot(rows: list[dict], path: pathlib.Path) -> None:

@@ -83,25 +83,12 @@ def plain_table(summary: list[dict]) -> str:
 
 
 def write_table(summary: list[dict], path: pathlib.Path) -> None:
-    """Save the plain table; print it with rich when rich is installed."""
-    text = plain_table(summary)
-    path.write_text(text)
-    try:
-        from rich.console import Console
-        from rich.markup import escape
-        from rich.table import Table
-    except ImportError:
-        print(text, end="")
-        return
-    table = Table(title=escape("shared-prefix: mean [min-max] over seeds; / RR: median [min-max] of per-seed ratios"))
-    for h in HEADERS:
-        table.add_column(h, justify="left" if h in ("model", "policy") else "right", no_wrap=True)
-    for r in table_rows(summary):
-        table.add_row(*(escape(c) for c in r))
-    console = Console()
-    # Wide enough for the table even when stdout is not a terminal (rich then assumes 80).
-    console.width = max(console.width, max(len(line) for line in text.splitlines()) + 3 * len(HEADERS))
-    console.print(table)
+    """Save the plain table; print it through rich."""
+    from traces.console import print_table
+
+    path.write_text(plain_table(summary))
+    print_table(table_rows(summary), HEADERS, left_columns=2,
+                title="shared-prefix: mean [min-max] over seeds; / RR: median [min-max] of per-seed ratios")
 
 
 def plot(rows: list[dict], summary: list[dict], config: dict, path: pathlib.Path) -> None:
