@@ -1,32 +1,38 @@
 """Decode-length predictions for the live controller, without blocking its event loop.
 
 The controller parks each new request (the rules are `sglang_ext/core/pending.py`'s,
-shared with the simulator); the predictor (`length_model.serving`) runs on a background
-thread in micro-batches, and a request is released for dispatch when its prediction
+shared with the simulator); the predictor (`length_model.serving`) runs in micro-batches
+in a child process (`predictor_process.py`, the default: on a thread of the controller
+its GIL use delayed the dispatch of other requests by milliseconds, see
+docs/results/predictor_gil/) or on a background thread (`SGLANG_EXT_PREDICTOR_HOST=thread`),
+and a request is released for dispatch when its prediction
 arrives or when `max_wait_ms` has passed, whichever is first. A request released without
 a prediction is dispatched on the fallback (`max_new_tokens`); if its prediction arrives
 later, the ledger is re-weighed. With `max_wait_ms = 0` prediction is entirely off the
 dispatch path.
 
 Nothing slow runs on the event loop: a request that has no `input_text` (the client sent
-token ids) is handed to the predictor thread as ids, and that thread loads the tokenizer
-(once) and detokenizes. The thread wakes the event loop through an inproc ZMQ PUSH socket
-that only it uses (ZMQ sockets are not thread-safe; one socket per thread is).
+token ids) is handed to the predictor as ids, and the predictor's thread or process
+loads the tokenizer (once) and detokenizes. The thread that receives results (the
+predictor's own, or the process's receiver) wakes the event loop through an inproc ZMQ
+PUSH socket that only it uses (ZMQ sockets are not thread-safe; one socket per thread is).
 
 Failures degrade and recover (see `core/pending.py`): a full predictor queue sends that
 one request on the fallback, a failed batch releases its requests on the fallback, and
 only repeated failures suspend predictions, for a few seconds. Predictions are off for
-good only when the predictor cannot be loaded or its thread has died.
+good only when the predictor cannot be loaded or its thread or process has died.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import uuid
 
 import zmq
 
 from sglang_ext.core.pending import PendingConfig, PendingPredictions, Released
+from sglang_ext.settings import ENV_PREDICTOR_HOST
 
 logger = logging.getLogger(__name__)
 
@@ -56,11 +62,22 @@ class _PredictOnThread:
         return self._tokenizer.decode(list(input_ids))
 
 
+PREDICTOR_HOSTS = ("process", "thread")
+
+
 class PredictedLengths:
     def __init__(self, model_dir: str | None, max_wait_ms: float, context: zmq.Context, tokenizer_path: str | None,
-                 predictor=None):
+                 predictor=None, host: str | None = None):
         """`predictor` (anything with `predict(texts) -> list[int]`) replaces loading the
-        model from `model_dir`."""
+        model from `model_dir`, and runs on a thread. `host` is where the model runs:
+        "process" (a child process, `predictor_process.py`) or "thread"; default: the
+        SGLANG_EXT_PREDICTOR_HOST setting, else "process"."""
+        host = host or ("thread" if predictor is not None else os.environ.get(ENV_PREDICTOR_HOST) or "process")
+        if host not in PREDICTOR_HOSTS:
+            raise ValueError(f"predictor host must be one of {', '.join(PREDICTOR_HOSTS)}, got {host!r}")
+        if host == "process" and predictor is not None:
+            raise ValueError("a predictor object runs on a thread; the process host loads its model itself")
+        self.host = host
         self.pending = PendingPredictions(PendingConfig(max_wait_s=max(0.0, max_wait_ms) / 1000.0))
         self.unavailable: str | None = None  # why predictions are off for good
         endpoint = f"inproc://sglang_ext_predictions_{uuid.uuid4().hex[:8]}"
@@ -80,10 +97,16 @@ class PredictedLengths:
             )
 
             self._busy, self._error, self._failed_batch = PredictorBusy, PredictorError, PredictionFailed
-            if predictor is None:
-                predictor = LengthPredictor.load(model_dir) if model_dir else LengthPredictor.load()
-            self._async = AsyncLengthPredictor(_PredictOnThread(predictor, tokenizer_path), on_result=self._on_result)
-            logger.info("length source: predictor loaded (wait at most %.0f ms per request)", max_wait_ms)
+            if host == "process":
+                from sglang_ext.predictor_process import ProcessLengthPredictor
+
+                self._async = ProcessLengthPredictor(model_dir, tokenizer_path, on_result=self._on_result)
+            else:
+                if predictor is None:
+                    predictor = LengthPredictor.load(model_dir) if model_dir else LengthPredictor.load()
+                self._async = AsyncLengthPredictor(_PredictOnThread(predictor, tokenizer_path),
+                                                   on_result=self._on_result)
+            logger.info("length source: predictor loaded in a %s (wait at most %.0f ms per request)", host, max_wait_ms)
         except Exception as exc:
             self._off(f"could not load the length predictor ({exc})")
 
@@ -142,7 +165,8 @@ class PredictedLengths:
         return self.pending.next_deadline_s()
 
     def status(self, now_s: float) -> dict:
-        return {**vars(self.pending.stats), "parked": len(self.pending), "late": self.pending.late_count(),
+        return {**vars(self.pending.stats), "host": self.host, "parked": len(self.pending),
+                "late": self.pending.late_count(),
                 "suspended": self.pending.suspended(now_s), "unavailable": self.unavailable}
 
     # ---------------------------------------------------------- predictor thread

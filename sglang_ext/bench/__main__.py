@@ -27,6 +27,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
              "real SGLang on CPU: our policies and the SGLang Model Gateway on the same traces, report + plots"),
     "shared-prefix": ("sglang_ext.bench.shared_prefix",
                       "real SGLang dp=2: a few long shared prefixes x short questions, policies vs round robin"),
+    "predictor-gil": ("sglang_ext.bench.predictor_gil",
+                      "the length predictor's thread vs process: dispatch latency of the controller's event loop"),
     "soak": ("sglang_ext.bench.soak",
              "real SGLang dp=2: a long Locust ReAct run; controller memory, mirror, in-flight, latency over time"),
 }

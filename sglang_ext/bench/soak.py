@@ -128,10 +128,13 @@ def read_history(path: pathlib.Path, t0_wall: float) -> list[analysis.LatencySam
         for row in csv.DictReader(f):
             if (row["Type"], row["Name"]) != REQUEST_ROW:
                 continue
+            total = int(row["Total Request Count"])
             rows.append(analysis.LatencySample(
                 t_s=float(row["Timestamp"]) - t0_wall, users=int(row["User Count"]),
-                rate_rps=float(row["Requests/s"]), p50_ms=_number(row["50%"]), p95_ms=_number(row["95%"]),
-                total_requests=int(row["Total Request Count"]), total_failures=int(row["Total Failure Count"])))
+                rate_rps=float(row["Requests/s"]),
+                # Before the first turn ends Locust writes 0 as the percentiles: no figure.
+                p50_ms=_number(row["50%"]) if total else None, p95_ms=_number(row["95%"]) if total else None,
+                total_requests=total, total_failures=int(row["Total Failure Count"])))
     return rows
 
 
