@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from sglang.srt.managers.load_snapshot import LoadSnapshot, ShmLoadSnapshotReader, ShmLoadSnapshotWriter
+from sglang.srt.managers.load_snapshot import LoadSnapshot, QueueMetrics, ShmLoadSnapshotReader, ShmLoadSnapshotWriter
 
 from sglang_ext.core.ledger import LoadLedger
 from sglang_ext.core.load_check import LoadCrossCheck, ReportedLoad, reports_from_snapshots
@@ -55,6 +55,17 @@ def test_nothing_is_dropped_while_the_worker_is_busy():
     assert check.last[0].ledger_requests == 1 and check.last[0].reported_requests == 3
 
 
+def test_requests_in_the_grammar_paused_or_retracted_queues_keep_a_worker_busy():
+    """Nothing running or waiting, but a request held in another queue: not idle, nothing dropped."""
+    ledger = ledger_with(("r", 0, 0.0))
+    check = LoadCrossCheck(2, grace_s=1.0)
+    held = ReportedLoad(0, 10.0, 0, 0, 50, 0, held_requests=1)
+    assert not held.idle
+    check.observe(held, ledger)
+    assert check.observe(ReportedLoad(0, 11.0, 0, 0, 50, 0, held_requests=1), ledger) == []
+    assert "r" in ledger and check.last[0].reported_requests == 1
+
+
 def test_the_reported_kv_pool_replaces_the_configured_capacity():
     ledger = ledger_with()
     LoadCrossCheck(2).observe(idle(1, 1.0, capacity=4321), ledger)
@@ -100,3 +111,21 @@ def test_sglang_shared_memory_snapshots_become_reports(tmp_path):
             w.close()
     assert reports[1] == ReportedLoad(1, 97.0, 2, 1, 640, 8192)
     assert reports[0].idle and reports[0].worker == 0
+
+
+@pytest.mark.parametrize("queue", ["grammar", "paused", "retracted"])
+def test_sglang_snapshot_with_a_request_outside_running_and_waiting_is_not_idle(tmp_path, queue):
+    """SGLang counts these queues apart from num_waiting_reqs (its QueueMetrics section)."""
+    path = str(tmp_path / "loads")
+    writer = ShmLoadSnapshotWriter(path, 1, 0)
+    try:
+        counts = {"waiting": 0, "grammar": 0, "paused": 0, "retracted": 0, "prealloc_ready": 0, queue: 1}
+        writer.write(LoadSnapshot(dp_rank=0, timestamp=time.time(), queues=QueueMetrics(**counts)))
+        reader = ShmLoadSnapshotReader(path, 1)
+        try:
+            [report] = reports_from_snapshots(reader.read_all(), 100.0, time.time())
+        finally:
+            reader.close()
+    finally:
+        writer.close()
+    assert report.held_requests == 1 and not report.idle

@@ -41,10 +41,15 @@ class ReportedLoad:
     waiting_requests: int
     kv_tokens_used: int
     kv_capacity_tokens: int
+    # Requests the worker holds outside its running batch and waiting queue: SGLang 0.5.23
+    # counts its grammar queue, paused and retracted requests apart from `num_waiting_reqs`
+    # (`srt/managers/scheduler_components/load_inquirer.py`, `QueueMetrics`). A worker with
+    # any of them is not idle: their completion reports are still to come.
+    held_requests: int = 0
 
     @property
     def idle(self) -> bool:
-        return self.running_requests == 0 and self.waiting_requests == 0
+        return self.running_requests == 0 and self.waiting_requests == 0 and self.held_requests == 0
 
 
 @dataclass(slots=True)
@@ -74,7 +79,7 @@ class LoadCrossCheck:
         self.reports += 1
         load = ledger.loads[w]
         self.last[w] = LoadComparison(report.at_s, load.requests,
-                                      report.running_requests + report.waiting_requests,
+                                      report.running_requests + report.waiting_requests + report.held_requests,
                                       load.kv_tokens_used, report.kv_tokens_used)
         if report.kv_capacity_tokens > 0:
             load.kv_capacity_tokens = report.kv_capacity_tokens
@@ -92,6 +97,11 @@ class LoadCrossCheck:
                            "(first: %s)", w, len(stale), stale[0])
         return stale
 
+    def forget_worker(self, worker: int) -> None:
+        """The worker went down or came back: what was seen of it before says nothing now."""
+        self._idle_at[worker] = None
+        self.last[worker] = None
+
     def status(self) -> dict:
         return {"reports": self.reports, "stale_dropped": self.stale_dropped,
                 "last": [None if c is None else asdict(c) for c in self.last]}
@@ -102,9 +112,12 @@ def reports_from_snapshots(snapshots, now_s: float, wall_now_s: float) -> list[R
     out = []
     for snap in snapshots:
         age = max(0.0, wall_now_s - float(snap.timestamp))
+        queues = getattr(snap, "queues", None)
+        held = 0 if queues is None else int(queues.grammar) + int(queues.paused) + int(queues.retracted)
         out.append(ReportedLoad(
             worker=int(snap.dp_rank), at_s=now_s - age,
             running_requests=int(snap.num_running_reqs), waiting_requests=int(snap.num_waiting_reqs),
             kv_tokens_used=int(snap.num_used_tokens), kv_capacity_tokens=int(snap.max_total_num_tokens),
+            held_requests=held,
         ))
     return out
