@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from sglang_ext.models import smollm2_path, tiny_path
 from sglang_ext.core.policies import POLICIES
 from sglang_ext.server import ServerSpec, start_server
+from traces.console import print_table
 
 INSTRUCTION = (
     "Solve a question answering task with interleaving Thought, Action, Observation steps. "
@@ -98,9 +99,9 @@ def run(model: str, policy: str, max_new_tokens: int) -> int:
                 rows.append((q + 1, turn, m.get("dp_rank"), m["prompt_tokens"], m["cached_tokens"],
                              m["completion_tokens"], latency, reply["text"].strip().replace("\n", " ")[:48]))
         status = server.status() or {}
-    print(f"\n{'question':>8} {'turn':>4} {'worker':>6} {'prompt':>6} {'cached':>6} {'output':>6} {'latency_s':>9}  text")
-    for q, turn, worker, prompt, cached, out, latency, text in rows:
-        print(f"{q:>8} {turn:>4} {worker!s:>6} {prompt:>6} {cached:>6} {out:>6} {latency:>9.2f}  {text}")
+    print()
+    print_table([(*r[:6], f"{r[6]:.2f}", r[7]) for r in rows],
+                ["question", "turn", "worker", "prompt", "cached", "output", "latency s", "text"], left_columns=[7])
     prompt_total = sum(r[3] for r in rows)
     cached_total = sum(r[4] for r in rows)
     per_worker = {w: sum(1 for r in rows if r[2] == w) for w in (0, 1)}

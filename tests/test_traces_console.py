@@ -52,3 +52,10 @@ def test_the_simulator_table_prints_every_row(monkeypatch):
     print_run(summary, 1.5, "run")
     text = out.getvalue()
     assert "9 / 10" in text and "12.0 / 40.0" in text and "wall time (s)" in text
+
+
+def test_left_aligned_columns_by_index():
+    text = _render([["1", "short"], ["22222", "a longer text"]], ["n", "text"], left_columns=[1], width=80)
+    row = next(line for line in text.splitlines() if "short" in line)
+    cells = [c for c in row.split("│") if c.strip()]
+    assert cells[0].endswith(" 1 ") and cells[1].startswith(" short ")
