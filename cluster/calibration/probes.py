@@ -26,11 +26,12 @@ Host time is read here (this is the live side); nothing here runs in the simulat
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from dataclasses import dataclass
 
 import numpy as np
+
+from traces.sse import SSEDecoder, StreamError
 
 
 @dataclass(frozen=True)
@@ -84,19 +85,16 @@ async def _generate(session, url: str, input_ids: list[int], max_new_tokens: int
     async with session.post(url + "/generate", json=body, timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
         if resp.status != 200:
             raise ProbeError(f"/generate answered HTTP {resp.status}: {(await resp.text())[:200]}")
-        buffer = b""
-        async for piece in resp.content.iter_any():
-            now = time.monotonic()
-            buffer += piece
-            while b"\n\n" in buffer:
-                event, buffer = buffer.split(b"\n\n", 1)
-                event = event.strip()
-                if not event.startswith(b"data:") or event[5:].strip() == b"[DONE]":
-                    continue
-                chunk = json.loads(event[5:])
-                meta = chunk.get("meta_info", {}) or {}
-                times.append(now)
-                tokens.append(int(meta.get("completion_tokens", len(tokens) + 1)))
+        sse = SSEDecoder()
+        try:
+            async for piece in resp.content.iter_any():
+                now = time.monotonic()   # a chunk's time is when its bytes arrived
+                for chunk in sse.feed(piece):
+                    meta = chunk.get("meta_info", {}) or {}
+                    times.append(now)
+                    tokens.append(int(meta.get("completion_tokens", len(tokens) + 1)))
+        except StreamError as exc:
+            raise ProbeError(f"/generate failed mid-stream: {exc}") from None
     if not times:
         raise ProbeError("/generate streamed no token")
     return TokenStream(times, tokens, meta)
