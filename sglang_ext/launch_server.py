@@ -9,7 +9,8 @@ values (run by our controller with the same semantics and a blocking event loop)
 ours; `--length-source` (max_new_tokens | predicted | oracle), `--length-model DIR`
 (the trained length head; default: length_model/artifacts), `--predict-wait-ms MS` (how
 long a request may wait for its prediction before it is dispatched on the fallback;
-default 20, 0 = never wait), `--cost-model NAME|FILE|online[:NAME]` (the step-time
+default 20, 0 = never wait), `--predictor-host process|thread` (where the predictor runs:
+a child of the controller process, the default, or a thread of it), `--cost-model NAME|FILE|online[:NAME]` (the step-time
 coefficients the cost-based policies weigh prefill against decode with; `online` fits
 them from the workers' reports), `--prefix-holds on|off` (whether `prefix_length_aware`
 holds a request whose prefix is still being prefilled on its worker; default on) and
@@ -51,7 +52,9 @@ from sglang_ext.settings import (
     ENV_LENGTH_SOURCE,
     ENV_POLICY,
     ENV_PREDICT_WAIT_MS,
+    ENV_PREDICTOR_HOST,
     ENV_PREFIX_HOLDS,
+    PREDICTOR_HOSTS,
 )
 from sglang_ext.core.policies import POLICIES, LengthSource
 
@@ -81,6 +84,7 @@ def _our_flags() -> _Parser:
     parser.add_argument("--length-source")
     parser.add_argument("--length-model")
     parser.add_argument("--predict-wait-ms")
+    parser.add_argument("--predictor-host")
     parser.add_argument("--cost-model")
     parser.add_argument("--prefix-holds")
     parser.add_argument("--kv-mirror", default="auto")
@@ -136,6 +140,10 @@ def translate_args(argv: list[str], environ: dict) -> list[str]:
         except ValueError:
             raise UsageError(f"--predict-wait-ms must be a number >= 0, got {wait_ms!r}") from None
         environ[ENV_PREDICT_WAIT_MS] = wait_ms
+    if ours.predictor_host is not None:
+        if ours.predictor_host not in PREDICTOR_HOSTS:
+            raise UsageError(f"unknown --predictor-host {ours.predictor_host!r}; valid: {', '.join(PREDICTOR_HOSTS)}")
+        environ[ENV_PREDICTOR_HOST] = ours.predictor_host
     if ours.cost_model is not None:
         from sglang_ext.core.cost_model import CostModelError
         from sglang_ext.core.router import build_cost_model

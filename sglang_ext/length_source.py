@@ -32,7 +32,7 @@ import uuid
 import zmq
 
 from sglang_ext.core.pending import PendingConfig, PendingPredictions, Released
-from sglang_ext.settings import ENV_PREDICTOR_HOST
+from sglang_ext.settings import ENV_PREDICTOR_HOST, PREDICTOR_HOSTS
 
 logger = logging.getLogger(__name__)
 
@@ -60,9 +60,6 @@ class _PredictOnThread:
 
             self._tokenizer = AutoTokenizer.from_pretrained(self._tokenizer_path)
         return self._tokenizer.decode(list(input_ids))
-
-
-PREDICTOR_HOSTS = ("process", "thread")
 
 
 class PredictedLengths:

@@ -12,6 +12,7 @@ ENV_PREDICT_WAIT_MS = "SGLANG_EXT_PREDICT_WAIT_MS"  # how long a request may wai
 # Where the length predictor runs: "process" (default, a child of the controller) or
 # "thread" (in the controller process; its GIL use delays dispatch: predictor_process.py).
 ENV_PREDICTOR_HOST = "SGLANG_EXT_PREDICTOR_HOST"
+PREDICTOR_HOSTS = ("process", "thread")
 ENV_COST_MODEL = "SGLANG_EXT_COST_MODEL"  # a cost-model name or file, or online[:NAME]
 ENV_PREFIX_HOLDS = "SGLANG_EXT_PREFIX_HOLDS"  # "on" (default) or "off": RouterConfig.prefix_holds
 # A private folder for the controller's sockets (the test/demo server harness makes one

@@ -123,3 +123,14 @@ def test_the_host_defaults_to_a_process_and_a_predictor_object_runs_on_a_thread(
     monkeypatch.setenv("SGLANG_EXT_PREDICTOR_HOST", "nowhere")
     with pytest.raises(ValueError, match="nowhere"):
         PredictedLengths(None, 20, zmq.Context.instance(), None)
+
+
+def test_the_launcher_passes_the_predictor_host_and_refuses_others():
+    from sglang_ext.launch_server import UsageError, translate_args
+
+    env: dict = {}
+    argv = translate_args(["--model-path", "m", "--predictor-host", "thread"], env)
+    assert "--predictor-host" not in argv and "thread" not in argv  # SGLang's parser would refuse it
+    assert env["SGLANG_EXT_PREDICTOR_HOST"] == "thread"
+    with pytest.raises(UsageError, match="valid: process, thread"):
+        translate_args(["--predictor-host", "gpu"], {})
