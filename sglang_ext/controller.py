@@ -37,6 +37,7 @@ from sglang_ext.kv_events import EventFeedConfig, KVEventSubscriber
 from sglang_ext.length_source import PredictedLengths
 from sglang_ext.core.decision_times import DecisionTimes
 from sglang_ext.core.load_check import reports_from_snapshots
+from sglang_ext.core.namespaces import request_namespace
 from sglang_ext.core.policies import POLICIES, LengthSource, Request
 from sglang_ext.core.router import Router, RouterConfig
 from sglang_ext.settings import (
@@ -330,7 +331,22 @@ class PrefixAwareController(DataParallelController):
         return bool(self.status[worker]) and bool(self.dp_active[worker]) and self.workers[worker] is not None
 
     def update_active_ranks(self, ranks) -> None:
+        """SGLang's rank-status message (`ActiveRanksOutput`, sent by the schedulers under
+        elastic EP, `scheduler.py: _maybe_report_active_ranks`): the stock method updates
+        `status`; the router follows (a rank that went down is unroutable, one that came
+        back starts clean, see `Router.set_alive`)."""
         super().update_active_ranks(ranks)
+        self._sync_alive()
+
+    def add_elastic_workers(self, slot_offset: int, slot_count: int) -> None:
+        """SGLang's elastic scale-up (`ElasticScaleUpdateReq`, `data_parallel_controller.py:
+        add_elastic_workers`): the stock method activates DP slots bound at launch
+        (`max_dp_size` of them; the router has one worker per slot from the start);
+        the router makes them routable, clean."""
+        super().add_elastic_workers(slot_offset, slot_count)
+        self._sync_alive()
+
+    def _sync_alive(self) -> None:
         if self.router is not None:
             now = time.monotonic()
             for w in range(self.max_dp_size):
@@ -507,8 +523,12 @@ def _request_of(req) -> Request:
             max_new = declared
         oracle = custom.get(ORACLE_OUTPUT_TOKENS_KEY)
         oracle = oracle if isinstance(oracle, int) and oracle >= 0 else None
+    # The request's cache namespace, from the fields SGLang's scheduler forms it from
+    # (`schedule_batch.py`, `Req.__init__`; see `core/namespaces.py`).
+    namespace = request_namespace(getattr(req, "extra_key", None), getattr(req, "cache_salt", None),
+                                  getattr(req, "lora_id", None), getattr(req, "lora_name", None))
     return Request(rid=req.rid, input_ids=req.input_ids, max_new_tokens=max_new,
-                   oracle_output_tokens=oracle)
+                   oracle_output_tokens=oracle, namespace=namespace)
 
 
 __all__ = ["PrefixAwareController"]

@@ -7,7 +7,9 @@ each event a map tagged by `type`: `BlockStored`, `BlockRemoved`, `AllBlocksClea
 We decode payloads generically (plain msgpack, then dispatch on the tag) rather than
 with SGLang's typed union, so an event type we do not know is skipped with a log line
 instead of failing its whole batch. Events of a non-GPU `medium` (the host-memory tier of
-hierarchical caching) are ignored: only device-resident pages save prefill.
+hierarchical caching) are ignored: only device-resident pages save prefill. A
+`BlockStored` under a cache salt or a named LoRA adapter goes to that namespace's part
+of the mirror (`namespaces.py`).
 
 Restarts: a publisher numbers its batches from 0 when it is created (SGLang 0.5.23,
 `ZmqEventPublisher._seq_gen = count()`), and one live stream never repeats or reorders a
@@ -39,6 +41,7 @@ import msgspec
 
 from sglang_ext.core.feed_watch import FeedWatch, FeedWatchConfig
 from sglang_ext.core.global_tree import GlobalTree
+from sglang_ext.core.namespaces import event_namespace
 
 logger = logging.getLogger(__name__)
 
@@ -204,7 +207,11 @@ class EventApplier:
                     continue
                 if kind == "BlockStored":
                     hashes = event["block_hashes"]
-                    tree.apply_stored(rank, hashes, event.get("parent_block_hash"), event["token_ids"])
+                    # Pages stored under a cache salt or a named LoRA adapter are another
+                    # namespace's (`namespaces.py`: what the events say about it).
+                    salt, lora = event.get("cache_salt"), event.get("lora_name")
+                    namespace = None if salt is None and lora is None else event_namespace(lora, salt)
+                    tree.apply_stored(rank, hashes, event.get("parent_block_hash"), event["token_ids"], namespace)
                     self.stats.stored_pages += len(hashes)
                 elif kind == "BlockRemoved":
                     hashes = event["block_hashes"]

@@ -42,9 +42,16 @@ and *approximate* (`insert_approximate` on dispatch, per-worker LRU eviction bou
 the worker's KV capacity, leaves first) for servers that publish no events. Approximate
 mode uses a logical access order, never a wall clock, so the simulator can host it
 unchanged. A tree is used in one mode: approximate nodes carry no hashes.
-Limitation: pages with equal tokens under another hash namespace (LoRA, cache salt)
-share the first namespace's node; their removals are not found (ignored) and stores
-under their hashes count as skipped.
+Namespaces: SGLang keeps a request's cache entries apart by namespace (cache salt,
+LoRA, a caller's extra key; see `namespaces.py`), so equal tokens under another namespace
+are a miss. Each namespace has its own root here (`namespace=None` is the plain one, the
+root `self.root`; others are made on their first store or insert and dropped when they
+empty), while a worker's token count and LRU span all of them, since all its namespaces
+share its KV pool. Page hashes are unique across namespaces where SGLang makes them so
+(it seeds a namespace's hash chain by it), so one hash index serves all roots.
+Limitation: within one namespace key, pages with equal tokens under another hash (two
+loads of one LoRA adapter name) share the first one's node; their removals are not
+found (ignored) and stores under their hashes count as skipped.
 """
 
 from __future__ import annotations
@@ -67,6 +74,16 @@ class _Node:
         self.holders = 0
 
 
+class _Root(_Node):
+    """The root of a namespace other than the plain one (see module docs)."""
+
+    __slots__ = ("namespace",)
+
+    def __init__(self, namespace):
+        super().__init__(bytearray(), [], None)
+        self.namespace = namespace
+
+
 class GlobalTree:
     """The cluster-wide prefix mirror. Not thread-safe: one owner thread applies events."""
 
@@ -76,6 +93,7 @@ class GlobalTree:
         self.num_workers = num_workers
         self.page_size = page_size
         self.root = _Node(bytearray(), [], None)
+        self._roots: dict[object, _Root] = {}  # namespace -> root, the plain one aside
         self._all_workers = (1 << num_workers) - 1
         self._page_bytes = page_size * TOKEN_BYTES
         self._by_hash: dict[int, _Node] = {}
@@ -92,8 +110,9 @@ class GlobalTree:
 
     # ------------------------------------------------------------------ queries
 
-    def match(self, input_ids: Sequence[int]) -> list[int]:
-        """Tokens of `input_ids`' longest cached prefix on each worker (page-aligned).
+    def match(self, input_ids: Sequence[int], namespace=None) -> list[int]:
+        """Tokens of `input_ids`' longest cached prefix on each worker (page-aligned),
+        within `namespace` (None: the plain one).
 
         One walk down the tree: a worker leaves the walk at the first node it does not
         hold, so it matched everything before that node (a holder holds all of a node).
@@ -103,7 +122,10 @@ class GlobalTree:
         ids = input_ids
         page = self.page_size
         alive = self._all_workers  # workers that hold every node walked so far
-        node, pos, last = self.root, 0, len(ids) - page
+        node = self.root if namespace is None else self._roots.get(namespace)
+        if node is None:
+            return [0] * self.num_workers
+        pos, last = 0, len(ids) - page
         levels: list[tuple[int, int]] = []  # (workers that stopped, tokens they matched)
         while alive and pos <= last:
             child = node.children.get(pack(ids, pos, pos + page))
@@ -123,7 +145,8 @@ class GlobalTree:
         levels.append((alive, pos))
         return spread(levels, self.num_workers)
 
-    def match_packed(self, data: bytes | bytearray, floor: list[int] | None = None) -> list[int]:
+    def match_packed(self, data: bytes | bytearray, floor: list[int] | None = None,
+                     namespace=None) -> list[int]:
         """`match` on a prompt already packed (`token_bytes.pack`): the host packs a
         request once and matches it against several trees (the mirror, the in-flight
         union) with memcmp, instead of reading the ids once per tree. With `floor` (one
@@ -132,7 +155,10 @@ class GlobalTree:
         page, tb = self.page_size, TOKEN_BYTES
         pb = self._page_bytes
         alive = self._all_workers
-        node, pos, last = self.root, 0, len(data) // tb - page
+        node = self.root if namespace is None else self._roots.get(namespace)
+        if node is None:
+            return list(floor) if floor is not None else [0] * self.num_workers
+        pos, last = 0, len(data) // tb - page
         levels: list[tuple[int, int]] = []
         while alive and pos <= last:
             child = node.children.get(data[pos * tb : pos * tb + pb])
@@ -165,7 +191,11 @@ class GlobalTree:
         return unpack(node.tokens)
 
     def num_nodes(self) -> int:
-        return sum(1 for _ in self._iter_nodes()) - 1
+        return sum(1 for _ in self._iter_nodes()) - 1 - len(self._roots)
+
+    def namespaces(self) -> list:
+        """The namespaces that hold pages now, besides the plain one."""
+        return list(self._roots)
 
     def num_pages_indexed(self) -> int:
         return len(self._by_hash)
@@ -176,8 +206,9 @@ class GlobalTree:
     # ------------------------------------------------------------ exact mode (events)
 
     def apply_stored(self, worker: int, block_hashes: Sequence[int], parent_hash: int | None,
-                     token_ids: Sequence[int]) -> None:
-        """A `BlockStored` event: `worker` now holds these pages after `parent_hash`."""
+                     token_ids: Sequence[int], namespace=None) -> None:
+        """A `BlockStored` event: `worker` now holds these pages after `parent_hash`
+        (or, with no parent, at the start of `namespace`; a parent's pages carry theirs)."""
         page = self.page_size
         data = pack(token_ids)  # TypeError / OverflowError on ids that are not token ids
         if len(token_ids) != len(block_hashes) * page:
@@ -188,7 +219,7 @@ class GlobalTree:
             if not block_hashes:
                 return
         if parent_hash is None:
-            node = self.root
+            node = self._root_for(namespace)
         else:
             node = self._by_hash.get(parent_hash)
             if node is None:
@@ -264,7 +295,7 @@ class GlobalTree:
     def _held_subtree(self, bit: int) -> list[_Node]:
         """The nodes held by worker `bit` that hang from the root through held nodes,
         parents before children (cost: those nodes and their children)."""
-        out, stack = [], [self.root]
+        out, stack = [], [self.root, *self._roots.values()]
         while stack:
             node = stack.pop()
             for child in node.children.values():
@@ -288,27 +319,42 @@ class GlobalTree:
 
     # --------------------------------------------------------- approximate mode
 
-    def insert_approximate(self, worker: int, input_ids: Sequence[int], capacity_tokens: int) -> None:
-        """Record that `worker` will cache `input_ids` (page-aligned), then evict LRU
-        nodes of that worker until it holds at most `capacity_tokens`."""
-        self.insert_approximate_packed(worker, pack(input_ids), capacity_tokens)
+    def insert_approximate(self, worker: int, input_ids: Sequence[int], capacity_tokens: int,
+                           namespace=None) -> None:
+        """Record that `worker` will cache `input_ids` (page-aligned) in `namespace`, then
+        evict LRU nodes of that worker (any namespace) until it holds at most
+        `capacity_tokens`."""
+        self.insert_approximate_packed(worker, pack(input_ids), capacity_tokens, namespace)
 
-    def insert_approximate_packed(self, worker: int, data: bytes, capacity_tokens: int) -> None:
+    def insert_approximate_packed(self, worker: int, data: bytes, capacity_tokens: int,
+                                  namespace=None) -> None:
         """`insert_approximate` of a prompt already packed (`token_bytes.pack`)."""
         pages = len(data) // self._page_bytes
         if pages:
             if len(data) != pages * self._page_bytes:
                 data = data[: pages * self._page_bytes]  # page-aligned part only
-            path = self._insert_under(self.root, worker, data, None)
+            path = self._insert_under(self._root_for(namespace), worker, data, None)
             self._touch(worker, path)
         # Evict even when nothing was inserted: the capacity may have shrunk.
         self._evict_lru(worker, capacity_tokens)
 
-    def touch_approximate(self, worker: int, input_ids: Sequence[int]) -> None:
+    def touch_approximate(self, worker: int, input_ids: Sequence[int], namespace=None) -> None:
         """Mark the cached part of `input_ids` on `worker` as recently used."""
-        self._touch(worker, self._path_nodes(input_ids, 1 << worker))
+        self._touch(worker, self._path_nodes(input_ids, 1 << worker, namespace))
 
     # ------------------------------------------------------------------ helpers
+
+    def _root_for(self, namespace) -> _Node:
+        """The root of `namespace`, made on first use."""
+        if namespace is None:
+            return self.root
+        root = self._roots.get(namespace)
+        if root is None:
+            try:
+                root = self._roots[namespace] = _Root(namespace)
+            except TypeError:  # an unhashable key is a host bug; say which
+                raise TypeError(f"cache namespace {namespace!r} is not hashable") from None
+        return root
 
     def _key(self, data: bytes | bytearray, pos: int) -> bytes:
         """The child key of packed tokens at byte `pos`: its page's bytes."""
@@ -401,7 +447,7 @@ class GlobalTree:
         """Delete `node` and then its ancestors while they are unheld leaves; returns
         the first node kept."""
         by_hash = self._by_hash
-        while node is not self.root and not node.holders and not node.children:
+        while node.parent is not None and not node.holders and not node.children:
             parent = node.parent
             del parent.children[self._key(node.tokens, 0)]
             if node.hashes and node.hashes[0] is not None:
@@ -410,6 +456,8 @@ class GlobalTree:
                     by_hash.pop(h, None)
             node.parent = None
             node = parent
+        if node.parent is None and not node.children and node is not self.root:
+            self._roots.pop(node.namespace, None)  # an emptied namespace goes too
         return node
 
     def _merge_around(self, node: _Node) -> None:
@@ -420,14 +468,14 @@ class GlobalTree:
         tree does not fragment over time. Exact mode only: approximate mode keeps its
         nodes as the workers' radix caches do, since it evicts whole nodes.
         """
-        if node is self.root:
+        if node.parent is None:  # a root
             return
         if len(node.children) == 1:
             child = next(iter(node.children.values()))
             if child.holders == node.holders:
                 node = self._absorb(node, child)
         parent = node.parent
-        if parent is not self.root and len(parent.children) == 1 and parent.holders == node.holders:
+        if parent.parent is not None and len(parent.children) == 1 and parent.holders == node.holders:
             self._absorb(parent, node)
 
     def _absorb(self, node: _Node, child: _Node) -> _Node:
@@ -466,7 +514,7 @@ class GlobalTree:
             key = self._key(data, pos)
             child = node.children.get(key)
             if child is None:
-                if (merge and node is not self.root and not node.children
+                if (merge and node.parent is not None and not node.children
                         and node.holders == 1 << worker):
                     # The worker extends a chain only it holds (a growing conversation,
                     # decode pages): append in place instead of adding a node.
@@ -498,23 +546,26 @@ class GlobalTree:
                     self.skipped_pages += (len(data) - pos) // pb
                     break
                 child, _ = self._split(child, common // pb)
-            # Equal tokens under another hash (a LoRA or cache-salt namespace) share the
-            # node: matching is by tokens; removals by the other hash are not found and
-            # are ignored (see module docs).
+            # Equal tokens under another hash in the same namespace key (two loads of
+            # one LoRA name) share the node: matching is by tokens; removals by the
+            # other hash are not found and are ignored (see module docs).
             holders = child.holders
             self._hold(child, worker)
             if merge and child.holders != holders:
                 parent = child.parent
-                if parent is not self.root and len(parent.children) == 1 and parent.holders == child.holders:
+                if parent.parent is not None and len(parent.children) == 1 and parent.holders == child.holders:
                     child = self._absorb(parent, child)  # the walk goes on from the merged node
             path.append(child)
             pos += common
             node = child
         return path
 
-    def _path_nodes(self, input_ids: Sequence[int], mask: int) -> list[_Node]:
+    def _path_nodes(self, input_ids: Sequence[int], mask: int, namespace=None) -> list[_Node]:
         ids = pack(input_ids)
-        node, pos, out = self.root, 0, []
+        node = self.root if namespace is None else self._roots.get(namespace)
+        pos, out = 0, []
+        if node is None:
+            return out
         while len(ids) - pos >= self._page_bytes:
             child = node.children.get(self._key(ids, pos))
             if child is None or not child.holders & mask:
@@ -558,7 +609,7 @@ class GlobalTree:
             self._release(node, worker)
 
     def _iter_nodes(self):
-        stack = [self.root]
+        stack = [self.root, *self._roots.values()]
         while stack:
             node = stack.pop()
             yield node

@@ -20,6 +20,9 @@ Design note:
   live ones. Stale prompts belong to requests that just finished, whose prefixes the
   worker still caches (its radix cache keeps a finished request's tokens until it needs
   the room), so the over-report is short-lived and mostly true.
+- Namespaced requests (cache salt, LoRA, extra key: `namespaces.py`) go under their own
+  namespace in the union, keyed as SGLang's tree keys them (`CacheNamespace.full_key`):
+  the router knows each prompt's namespace, so here the separation is exact.
 - `now_s`-free and socket-free, like the rest of the routing core.
 """
 
@@ -39,22 +42,30 @@ class InflightPrefixes:
         self.tree = GlobalTree(num_workers, page_size)
         # Live prompts packed (4 bytes per token; SGLang's array('q') holds 8).
         self._prompts: list[dict[str, bytes]] = [{} for _ in range(num_workers)]
+        # Namespace keys of the live prompts that have one (most have none).
+        self._namespaces: list[dict[str, object]] = [{} for _ in range(num_workers)]
         self._stale = [0] * num_workers
         self.rebuilds = 0
 
-    def add(self, rid: str, worker: int, input_ids: Sequence[int], packed: bytes | None = None) -> None:
-        """`rid` (prompt `input_ids`, or the same already `packed`) was sent to `worker`.
+    def add(self, rid: str, worker: int, input_ids: Sequence[int], packed: bytes | None = None,
+            namespace=None) -> None:
+        """`rid` (prompt `input_ids`, or the same already `packed`) was sent to `worker`,
+        in cache namespace `namespace` (a `CacheNamespace.full_key`; None: the plain one).
         Raises OverflowError or TypeError when the prompt is not token ids (nothing is
         recorded then)."""
         data = pack(input_ids) if packed is None else packed
-        self.tree.insert_approximate_packed(worker, data, _NO_LIMIT)
+        self.tree.insert_approximate_packed(worker, data, _NO_LIMIT, namespace)
         self._prompts[worker][rid] = data
+        if namespace is not None:
+            self._namespaces[worker][rid] = namespace
 
     def remove(self, rid: str, worker: int) -> None:
         """`rid` left `worker` (finished, expired, or the worker is gone)."""
         live = self._prompts[worker]
         if live.pop(rid, None) is None:
             return
+        if self._namespaces[worker]:
+            self._namespaces[worker].pop(rid, None)
         if not live:
             self.tree.apply_cleared(worker)
             self._stale[worker] = 0
@@ -65,18 +76,19 @@ class InflightPrefixes:
 
     def forget_worker(self, worker: int) -> None:
         self._prompts[worker].clear()
+        self._namespaces[worker].clear()
         self._stale[worker] = 0
         self.tree.apply_cleared(worker)
 
-    def match(self, input_ids: Sequence[int]) -> list[int]:
+    def match(self, input_ids: Sequence[int], namespace=None) -> list[int]:
         """Per worker, the longest prefix of `input_ids` shared with one of its in-flight
-        prompts (page-aligned)."""
-        return self.tree.match(input_ids)
+        prompts of the same namespace (page-aligned)."""
+        return self.tree.match(input_ids, namespace)
 
-    def match_packed(self, data: bytes, floor: list[int] | None = None) -> list[int]:
+    def match_packed(self, data: bytes, floor: list[int] | None = None, namespace=None) -> list[int]:
         """`match` of a prompt already packed (`token_bytes.pack`); `floor`: see
         `GlobalTree.match_packed`."""
-        return self.tree.match_packed(data, floor)
+        return self.tree.match_packed(data, floor, namespace)
 
     def tokens(self, worker: int) -> int:
         """Distinct prompt tokens in flight on `worker` (plus stale ones, see module)."""
@@ -92,6 +104,7 @@ class InflightPrefixes:
     def _rebuild(self, worker: int) -> None:
         self.rebuilds += 1
         self.tree.apply_cleared(worker)
-        for data in self._prompts[worker].values():
-            self.tree.insert_approximate_packed(worker, data, _NO_LIMIT)
+        namespaces = self._namespaces[worker]
+        for rid, data in self._prompts[worker].items():
+            self.tree.insert_approximate_packed(worker, data, _NO_LIMIT, namespaces.get(rid) if namespaces else None)
         self._stale[worker] = 0

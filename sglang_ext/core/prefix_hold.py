@@ -58,8 +58,11 @@ class PrefixHolds:
 
     # ------------------------------------------------------------ queued prompts
 
-    def queued(self, rid: str, worker: int, input_ids: Sequence[int]) -> None:
-        self._queued[worker][rid] = [input_ids, None]
+    def queued(self, rid: str, worker: int, input_ids: Sequence[int], namespace=None) -> None:
+        """`rid` waits on `worker` for its prefill; `namespace`: its cache namespace key
+        (`CacheNamespace.full_key`), since only a leader of the same namespace caches
+        anything a follower can use."""
+        self._queued[worker][rid] = [input_ids, None, namespace]
 
     def prefilled(self, rid: str, worker: int) -> None:
         """`rid`'s prefill is done (or it left the worker): its followers go."""
@@ -74,12 +77,16 @@ class PrefixHolds:
 
     # -------------------------------------------------------------------- holds
 
-    def leader_for(self, input_ids: Sequence[int], worker: int, cached_tokens: int) -> str | None:
-        """The queued request on `worker` whose prompt shares the longest prefix with
-        `input_ids`, if that prefix reaches `min_shared_tokens` beyond what the worker
-        already caches (`cached_tokens`, from the mirror); else None."""
+    def leader_for(self, input_ids: Sequence[int], worker: int, cached_tokens: int,
+                   namespace=None) -> str | None:
+        """The queued request on `worker` in the same cache `namespace` whose prompt
+        shares the longest prefix with `input_ids`, if that prefix reaches
+        `min_shared_tokens` beyond what the worker already caches (`cached_tokens`, from
+        the mirror); else None."""
         best, best_rid = cached_tokens + self.min_shared_tokens - 1, None
         for rid, entry in self._queued[worker].items():
+            if entry[2] != namespace:
+                continue
             if entry[1] is None:
                 entry[1] = pack(entry[0])
             shared = common_prefix(input_ids, 0, entry[1])

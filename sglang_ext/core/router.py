@@ -16,6 +16,7 @@ from sglang_ext.core.global_tree import GlobalTree
 from sglang_ext.core.inflight import InflightPrefixes
 from sglang_ext.core.ledger import FinishedRequest, LoadLedger
 from sglang_ext.core.load_check import LoadCrossCheck, ReportedLoad
+from sglang_ext.core.namespaces import UNCREDITED
 from sglang_ext.core.prefix_hold import PrefixHolds
 from sglang_ext.core.policies import LengthSource, Policy, PolicyConfig, Request, make_policy
 from sglang_ext.core.policies.base import ClusterView, LoadColumns
@@ -88,6 +89,11 @@ class Router:
         self.ledger = LoadLedger(config.num_workers, config.kv_capacity_tokens, config.ledger_expiry_s)
         self.load_check = LoadCrossCheck(config.num_workers, config.load_check_grace_s)
         self.holds = PrefixHolds(config.num_workers)
+        # Exact mirror only: per worker, the prompts of requests whose stored pages the
+        # KV events show under another namespace (an extra key that names no adapter,
+        # `namespaces.py`), bounded by LRU within the worker's capacity. Made on the
+        # first such request; until then the plain path pays nothing for it.
+        self.ambiguous: GlobalTree | None = None
         self._zeros = [0] * config.num_workers
         # The ledger's loads as arrays for vectorised policies, re-copied per decision for
         # the workers that changed only (see `refresh_kv_figures`).
@@ -121,7 +127,8 @@ class Router:
         worker = self.policy.choose(request, view)
         leader = None
         if self.policy.holds_for_prefix and self.config.prefix_holds and self.config.exact_mirror and cached[worker]:
-            leader = self.holds.leader_for(request.input_ids, worker, self._last_mirror_tokens[worker])
+            namespace = None if request.namespace is None else request.namespace.full_key
+            leader = self.holds.leader_for(request.input_ids, worker, self._last_mirror_tokens[worker], namespace)
         self.record_dispatch(request, worker, cached[worker], now_s, packed)
         if leader is not None:
             self.holds.hold(request.rid, leader, now_s)
@@ -150,6 +157,9 @@ class Router:
                 "pages_indexed": tree.num_pages_indexed(),
                 "tokens_held": [tree.tokens_held(w) for w in range(tree.num_workers)],
                 "uncertain_mask": tree.uncertain_mask, "skipped_pages": tree.skipped_pages,
+                "namespaces": len(tree.namespaces()),
+                "ambiguous_tokens": (None if self.ambiguous is None
+                                     else [self.ambiguous.tokens_held(w) for w in range(tree.num_workers)]),
             },
             "load_check": self.load_check.status(),
             "cost_model": (self.cost_fit.status() if self.cost_fit is not None
@@ -176,17 +186,64 @@ class Router:
         of the worker's in-flight prompts (queued ones are about to be cached, running
         ones are cached and locked), whichever is longer. Workers with an unrepaired
         event gap count as holding only their in-flight prompts (their mirror is not
-        trusted blindly). `packed`: the prompt already packed (`token_bytes.pack`)."""
+        trusted blindly). `packed`: the prompt already packed (`token_bytes.pack`).
+
+        Both matches stay within the request's cache namespace (`namespaces.py`): pages
+        of another namespace are a miss on the worker. From the mirror fed by events, a
+        request is credited only where the events identify its namespace, and a
+        plain-namespace match on a worker counts only where it goes deeper than the
+        prompts of the ambiguous requests sent there (see `_discount_ambiguous`)."""
         if packed is None:
             packed = self._pack(request)
             if packed is None:
                 return list(self._zeros)
+        if request.namespace is not None:
+            return self._cached_in_namespace(request.namespace, packed)
         cached = self.tree.match_packed(packed)
+        if self.ambiguous is not None:
+            self._discount_ambiguous(cached, packed, None)
         mask = self.tree.uncertain_mask
         if not mask:  # the usual case: the larger of both matches, merged in C
             self._last_mirror_tokens = cached
             return self.inflight.match_packed(packed, floor=cached)
-        inflight = self.inflight.match_packed(packed)
+        return self._merge_uncertain(cached, self.inflight.match_packed(packed), mask)
+
+    def _cached_in_namespace(self, namespace, packed: bytes) -> list[int]:
+        """`cached_tokens` of a request with a cache namespace (`CacheNamespace`)."""
+        full = namespace.full_key
+        if not self.config.exact_mirror:
+            cached = self.tree.match_packed(packed, namespace=full)  # inserted by us: exact
+        else:
+            key = namespace.event_key
+            if key is UNCREDITED:
+                cached = list(self._zeros)  # the events cannot identify its pages: none count
+            else:
+                cached = self.tree.match_packed(packed, namespace=key)
+                if self.ambiguous is not None:
+                    self._discount_ambiguous(cached, packed, key)
+        inflight = self.inflight.match_packed(packed, namespace=full)
+        return self._merge_uncertain(cached, inflight, self.tree.uncertain_mask)
+
+    def _discount_ambiguous(self, cached: list[int], packed: bytes, key) -> None:
+        """Zero the mirror's match on a worker where it ends within the prompt of an
+        ambiguous request sent there (in place).
+
+        The events show those requests' pages as if they were namespace `key`'s (same
+        tokens, same hashes), so a match that ends within such a prompt may be entirely
+        theirs. A match that goes deeper is genuine: its last page was stored by a
+        request of `key` (no ambiguous prompt reaches it), and SGLang stores a page only
+        under its own namespace's path, so every page above it is `key`'s too.
+        Ambiguous requests' decode pages are not recorded (the prompts are what later
+        requests share).
+        """
+        shadow = self.ambiguous.match_packed(packed, namespace=key)
+        for w, depth in enumerate(shadow):
+            if depth and cached[w] <= depth:
+                cached[w] = 0
+
+    def _merge_uncertain(self, cached: list[int], inflight: list[int], mask: int) -> list[int]:
+        """The larger of the mirror's and the in-flight match per worker; workers in
+        `mask` (an unrepaired event gap) count their in-flight match only."""
         self._last_mirror_tokens = [0 if mask >> w & 1 else c for w, c in enumerate(cached)]
         for w, pending in enumerate(inflight):
             if mask >> w & 1 or pending > cached[w]:
@@ -235,17 +292,23 @@ class Router:
             ahead = self.ledger.loads[worker].queued_prefill_tokens + max(0, request.prompt_tokens - cached_tokens)
             self.cost_fit.on_dispatch(request.rid, now_s, ahead)
         self.ledger.on_dispatch(request.rid, worker, request.prompt_tokens, cached_tokens, expected, now_s)
-        self.holds.queued(request.rid, worker, request.input_ids)
+        namespace = request.namespace
+        full = None if namespace is None else namespace.full_key
+        self.holds.queued(request.rid, worker, request.input_ids, full)
         if packed is None:
             try:
                 packed = pack(request.input_ids)
             except (OverflowError, TypeError):
                 pass  # not token ids (logged by `route` / `cached_tokens`): nothing to record
         if packed is not None:  # b"" (an empty prompt) is recorded, as any other
-            self.inflight.add(request.rid, worker, request.input_ids, packed)
+            self.inflight.add(request.rid, worker, request.input_ids, packed, full)
+            capacity = self.ledger.loads[worker].kv_capacity_tokens
             if not self.config.exact_mirror:
-                capacity = self.ledger.loads[worker].kv_capacity_tokens
-                self.tree.insert_approximate_packed(worker, packed, capacity)
+                self.tree.insert_approximate_packed(worker, packed, capacity, full)
+            elif namespace is not None and namespace.collapses_into is not UNCREDITED:
+                if self.ambiguous is None:
+                    self.ambiguous = GlobalTree(self.config.num_workers, self.config.page_size)
+                self.ambiguous.insert_approximate_packed(worker, packed, capacity, namespace.collapses_into)
         self._refresh_kv(worker)
 
     def prefill_done(self, rid: str, now_s: float) -> None:
@@ -310,16 +373,41 @@ class Router:
             self._refresh_kv(worker)  # committed KV counts the pending decode
 
     def set_alive(self, worker: int, alive: bool, now_s: float) -> None:
-        """Mark a worker up or down. Going down drops its in-flight requests (their
-        completions will never be reported) and its mirrored cache (gone with it)."""
+        """Mark a worker up or down: the one way hosts change the set of routable workers
+        (the controller on SGLang's rank-status and elastic scale-up messages, the
+        simulator on its worker schedule).
+
+        Going down drops its in-flight requests (their completions will never be
+        reported) and its mirrored cache (gone with it): every policy skips it from the
+        next decision on. Coming up (a revived rank, or an elastic slot activated at run
+        time) starts it clean, whatever arrived for it meanwhile (a late KV-event batch
+        of the dead rank): empty ledger, mirror, in-flight and hold entries, and the
+        policy's own state for it reset (`Policy.on_worker_reset`); every policy may
+        pick it from the next decision on. A call that changes nothing does nothing.
+        """
+        if not 0 <= worker < self.config.num_workers:
+            raise ValueError(f"worker {worker} is not in 0..{self.config.num_workers - 1}")
         was_alive = self.ledger.loads[worker].alive
+        if was_alive == alive:
+            return
         self.ledger.set_alive(worker, alive)
-        if was_alive and not alive:
+        if not alive:
             for rid in self.ledger.forget_worker(worker):
                 if self.cost_fit is not None:
                     self.cost_fit.forget(rid)
                 self.policy.on_expired(rid, worker, now_s)
-            self.inflight.forget_worker(worker)
-            self.holds.forget_worker(worker)
-            self.tree.apply_cleared(worker)
-            self._refresh_kv(worker)
+        self._reset_worker(worker, now_s)
+
+    def _reset_worker(self, worker: int, now_s: float) -> None:
+        """Forget everything known of `worker`'s cache and queue."""
+        for rid in self.ledger.forget_worker(worker):  # none once it was down
+            self.policy.on_expired(rid, worker, now_s)
+        self.inflight.forget_worker(worker)
+        self.holds.forget_worker(worker)
+        self.tree.apply_cleared(worker)
+        self.tree.mark_uncertain(worker, False)
+        if self.ambiguous is not None:
+            self.ambiguous.apply_cleared(worker)
+        self.load_check.forget_worker(worker)
+        self.policy.on_worker_reset(worker, now_s)
+        self._refresh_kv(worker)

@@ -26,6 +26,8 @@ from typing import ClassVar
 
 import numpy as np
 
+from sglang_ext.core.namespaces import CacheNamespace
+
 
 class LengthSource(str, Enum):
     """Where a policy reads a request's expected decode length from."""
@@ -111,6 +113,9 @@ class Request:
     max_new_tokens: int
     predicted_output_tokens: int | None = None
     oracle_output_tokens: int | None = None
+    # SGLang's cache namespace of the request (cache salt, LoRA, extra key); None: the
+    # plain one. Cached pages of another namespace are a miss (`core/namespaces.py`).
+    namespace: CacheNamespace | None = None
 
     @property
     def prompt_tokens(self) -> int:
@@ -201,6 +206,10 @@ class Policy(ABC):
     def on_expired(self, rid: str, worker: int, now_s: float) -> None:
         """The host gave up on hearing that the request finished (a lost report); forget
         it without learning from it."""
+
+    def on_worker_reset(self, worker: int, now_s: float) -> None:
+        """`worker` went down or came (back) up (`Router.set_alive`): whatever the policy
+        keeps of it (a tree of what it routed there) is void; it starts empty."""
 
 
 def lowest(costs: np.ndarray) -> list[int]:

@@ -81,6 +81,10 @@ class CacheAware(Policy):
         self.tree = None if use_exact_mirror else GlobalTree(config.num_workers, page_size=1)
         self.last_mode = ""  # "balance" | "cache" | "fallback": for tests and reports
 
+    def on_worker_reset(self, worker: int, now_s: float) -> None:
+        if self.tree is not None:
+            self.tree.apply_cleared(worker)
+
     def choose(self, request: Request, view: ClusterView) -> int:
         loads = view.loads
         alive = view.alive_workers()

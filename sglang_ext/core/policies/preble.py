@@ -303,6 +303,17 @@ class Preble(Policy):
         important = self.tree.important_node(entry.leaf)
         self.ttft.add(now_s, important, entry.gpu, max(0.0, now_s - entry.dispatched_s))
 
+    def on_worker_reset(self, worker: int, now_s: float) -> None:
+        """Not in PREBLE (its GPUs never leave): a GPU that went down or came back holds
+        nothing and is assigned no prefix, so exploit and rebalancing start over for it.
+        Its in-flight requests were released (`on_expired`) before this."""
+        for node in self.tree.nodes:
+            node.cached.discard(worker)
+            node.alloc.discard(worker)
+        self.tree.allocated_tokens[worker] = 0
+        self.tpot_s[worker].clear()
+        self.tpot_s[worker].append(TPOT_INIT_S)
+
     def on_expired(self, rid: str, worker: int, now_s: float) -> None:
         entry = self._inflight.pop(rid, None)
         if entry is not None:
