@@ -77,29 +77,23 @@ def write_json_atomic(path: pathlib.Path, payload: dict) -> None:
 
 
 class Progress:
-    """One line per run start and end (through tqdm's bar when tqdm is installed)."""
+    """One line per run start and end, printed above tqdm's bar of runs."""
 
     def __init__(self, label: str, total: int):
+        from tqdm import tqdm
+
         self.label = label
         self.t0 = time.perf_counter()
-        try:
-            from tqdm import tqdm
-        except ImportError:
-            self.bar = None
-        else:
-            # No bar in a log file (its redraws would bury the lines); the lines stay.
-            self.bar = tqdm(total=total, unit="run", desc=label, file=sys.stderr, dynamic_ncols=True,
-                            disable=not sys.stderr.isatty())
+        # No bar in a log file (its redraws would bury the lines); the lines stay.
+        self.bar = tqdm(total=total, unit="run", desc=label, file=sys.stderr, dynamic_ncols=True,
+                        disable=not sys.stderr.isatty())
 
     def line(self, text: str) -> None:
-        text = f"{self.label} [{time.perf_counter() - self.t0:6.0f} s] {text}"
-        (self.bar.write if self.bar is not None else print)(text)
+        self.bar.write(f"{self.label} [{time.perf_counter() - self.t0:6.0f} s] {text}", file=sys.stdout)
         sys.stdout.flush()
 
     def advance(self) -> None:
-        if self.bar is not None:
-            self.bar.update(1)
+        self.bar.update(1)
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+        self.bar.close()
