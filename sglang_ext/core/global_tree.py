@@ -33,9 +33,11 @@ node's packed tokens up to the first difference (the only per-token step: about 
 token with the compiled helper, see `token_bytes`), and the per-worker result is spread
 in C too: O(prompt tokens + workers) at C speed plus O(nodes on the path) Python steps.
 `match_packed` does the same on a prompt packed once by the host (a memcmp per node,
-~0.1 ns per token), which is how the router matches one prompt against two trees. Applying an event costs O(pages in the event) at C
-speed plus a constant number of splits and merges, none of them per holder (exact
-mode).
+~0.1 ns per token), which is how the router matches one prompt against two trees; an
+approximate insert of the prompt just matched starts from where that match stopped
+(`_insert_walked`), so it adds the new part without comparing the prompt again.
+Applying an event costs O(pages in the event) at C speed plus a constant number of
+splits and merges, none of them per holder (exact mode).
 
 Two modes share the structure: *exact* (fed by SGLang's KV events, see `kv_events.py`)
 and *approximate* (`insert_approximate` on dispatch, per-worker LRU eviction bounded by
@@ -106,6 +108,9 @@ class GlobalTree:
         # Approximate mode only: per-worker LRU of held nodes, oldest first.
         self._lru: list[OrderedDict[_Node, None]] = [OrderedDict() for _ in range(num_workers)]
         self.skipped_pages = 0  # pages of events that could not be mirrored (see docs)
+        # The last `match_packed` walk, for an insert of the same prompt (`_insert_walked`);
+        # every method that changes the tree's nodes forgets it first.
+        self._walk: tuple | None = None
         self.clear_full_scans = 0  # clears that found holds not prefix-closed (see docs)
 
     # ------------------------------------------------------------------ queries
@@ -155,11 +160,13 @@ class GlobalTree:
         page, tb = self.page_size, TOKEN_BYTES
         pb = self._page_bytes
         alive = self._all_workers
-        node = self.root if namespace is None else self._roots.get(namespace)
+        root = node = self.root if namespace is None else self._roots.get(namespace)
         if node is None:
+            self._walk = None
             return list(floor) if floor is not None else [0] * self.num_workers
         pos, last = 0, len(data) // tb - page
         levels: list[tuple[int, int]] = []
+        partial = None
         while alive and pos <= last:
             child = node.children.get(data[pos * tb : pos * tb + pb])
             if child is None:
@@ -173,9 +180,15 @@ class GlobalTree:
                 alive = still
             pos += common
             if common < length:
+                partial = (child, common)
                 break
             node = child
         levels.append((alive, pos))
+        # A walk that no worker stopped short of ran to where an insert of this prompt
+        # would branch off: the host inserts the prompt it just matched (approximate
+        # mirror, in-flight union), which then need not compare it again (a second walk
+        # cost as much as the match: 8K tokens of memcmp and a Python step per node).
+        self._walk = (data, root, node, pos, partial) if alive and type(data) is bytes else None
         return spread(levels, self.num_workers, floor)
 
     def tokens_held(self, worker: int) -> int:
@@ -209,6 +222,7 @@ class GlobalTree:
                      token_ids: Sequence[int], namespace=None) -> None:
         """A `BlockStored` event: `worker` now holds these pages after `parent_hash`
         (or, with no parent, at the start of `namespace`; a parent's pages carry theirs)."""
+        self._walk = None
         page = self.page_size
         data = pack(token_ids)  # TypeError / OverflowError on ids that are not token ids
         if len(token_ids) != len(block_hashes) * page:
@@ -249,6 +263,7 @@ class GlobalTree:
         of the worker, in any order; each maximal run of hashes that continues inside one
         mirror node is released at once.
         """
+        self._walk = None
         hashes = block_hashes if isinstance(block_hashes, list) else list(block_hashes)
         by_hash, bit = self._by_hash, 1 << worker
         i, n = 0, len(hashes)
@@ -283,6 +298,7 @@ class GlobalTree:
 
     def apply_cleared(self, worker: int) -> None:
         """An `AllBlocksCleared` event (or a resync): forget everything `worker` holds."""
+        self._walk = None
         exact = not self._lru[worker]
         bit = 1 << worker
         self._release_all(worker, self._held_subtree(bit), exact)
@@ -328,12 +344,18 @@ class GlobalTree:
 
     def insert_approximate_packed(self, worker: int, data: bytes, capacity_tokens: int,
                                   namespace=None) -> None:
-        """`insert_approximate` of a prompt already packed (`token_bytes.pack`)."""
+        """`insert_approximate` of a prompt already packed (`token_bytes.pack`). Right
+        after `match_packed` of the same `data` object, the match's walk is reused."""
+        walk, self._walk = self._walk, None
         pages = len(data) // self._page_bytes
         if pages:
-            if len(data) != pages * self._page_bytes:
-                data = data[: pages * self._page_bytes]  # page-aligned part only
-            path = self._insert_under(self._root_for(namespace), worker, data, None)
+            root = self._root_for(namespace)
+            if walk is not None and walk[0] is data and walk[1] is root:
+                path = self._insert_walked(worker, data, walk)
+            else:
+                if len(data) != pages * self._page_bytes:
+                    data = data[: pages * self._page_bytes]  # page-aligned part only
+                path = self._insert_under(root, worker, data, None)
             self._touch(worker, path)
         # Evict even when nothing was inserted: the capacity may have shrunk.
         self._evict_lru(worker, capacity_tokens)
@@ -524,15 +546,7 @@ class GlobalTree:
                     self._tokens_held[worker] += (len(data) - pos) // TOKEN_BYTES
                     self.held_changed |= 1 << worker
                     break
-                if hashes is None:  # approximate mode: no hashes, only the new part's Nones
-                    new_hashes = [None] * ((len(data) - pos) // pb)
-                else:
-                    new_hashes = hashes[pos // pb :] if pos else hashes
-                child = _Node(bytearray(data[pos:]), new_hashes, node)
-                node.children[key] = child
-                self._index(child)
-                self._hold(child, worker)
-                path.append(child)
+                path.append(self._new_leaf(node, worker, data, pos, len(data), hashes))
                 break
             length = len(child.tokens)
             # Compared in place (a slice would copy up to the whole node: 32 KB for an
@@ -558,6 +572,49 @@ class GlobalTree:
             path.append(child)
             pos += common
             node = child
+        return path
+
+    def _new_leaf(self, node: _Node, worker: int, data: bytes, pos: int, end: int,
+                  hashes: list[int | None] | None) -> _Node:
+        """A new child of `node` holding packed `data[pos:end]` (bytes, page-aligned) for
+        `worker`; `hashes`: one per page of the whole `data`, or None in approximate mode
+        (the new node then gets a None per page of its own)."""
+        pb = self._page_bytes
+        if hashes is None:
+            new_hashes = [None] * ((end - pos) // pb)
+        else:
+            new_hashes = hashes[pos // pb :] if pos else hashes
+        child = _Node(bytearray(data[pos:end]), new_hashes, node)
+        node.children[self._key(data, pos)] = child
+        self._index(child)
+        self._hold(child, worker)
+        return child
+
+    def _insert_walked(self, worker: int, data: bytes, walk: tuple) -> list[_Node]:
+        """`_insert_under(root, worker, data, None)` from the walk `match_packed` just made
+        of the same `data` (approximate mode): the same holds, split and new node, without
+        comparing the prompt with the path again. The walk stopped at `node` (every node
+        from the root down to it matched whole) at token `pos`, either where `node` has no
+        child for the next page, or inside `partial` = (child, matched tokens)."""
+        _, root, node, pos, partial = walk
+        path = []
+        up = node
+        while up is not root:
+            path.append(up)
+            up = up.parent
+        path.reverse()
+        for held in path:
+            self._hold(held, worker)
+        if partial is not None:
+            # Page-aligned and at least one page (the child's key is its first page, equal
+            # to the prompt's), short of the whole child: split there, as `_insert_under`.
+            child, common = partial
+            node, _ = self._split(child, common // self.page_size)
+            self._hold(node, worker)
+            path.append(node)
+        start, end = pos * TOKEN_BYTES, len(data) - len(data) % self._page_bytes
+        if start < end:  # the rest of the prompt: no child of `node` begins with its page
+            path.append(self._new_leaf(node, worker, data, start, end, None))
         return path
 
     def _path_nodes(self, input_ids: Sequence[int], mask: int, namespace=None) -> list[_Node]:
