@@ -67,6 +67,36 @@ def _first_turn_prompt(tokenizer, question: str) -> str:
                                          add_generation_prompt=True)
 
 
+def _print_wave(turn: int, wave: list[tuple[dict, float]], since_s: float) -> list[tuple]:
+    """Print one wave's table as soon as it is answered (the point shows after the
+    second), returns its rows."""
+    rows = []
+    for q, (reply, latency) in enumerate(wave):
+        m = reply["meta_info"]
+        rows.append((q + 1, turn, m.get("dp_rank"), m["prompt_tokens"], m["cached_tokens"], m["completion_tokens"],
+                     latency, reply["text"].strip().replace("\n", " ")[:48]))
+    print()
+    print_table([(*r[:6], f"{r[6]:.2f}", r[7]) for r in rows],
+                ["question", "turn", "worker", "prompt", "cached", "output", "latency s", "text"], left_columns=[7],
+                title=f"turn {turn}, answered {time.perf_counter() - since_s:.0f} s into the batch")
+    return rows
+
+
+def _controller_process(server):
+    """Our controller's process, to report what it cost (None where it cannot be found)."""
+    import psutil
+
+    pid = server.controller_pid()
+    return psutil.Process(pid) if pid is not None else None
+
+
+def _cpu_seconds(process) -> float:
+    if process is None:
+        return float("nan")
+    times = process.cpu_times()
+    return times.user + times.system
+
+
 def run(model: str, policy: str, max_new_tokens: int) -> int:
     from transformers import AutoTokenizer
 
@@ -85,23 +115,22 @@ def run(model: str, policy: str, max_new_tokens: int) -> int:
     rows = []
     with start_server(spec) as server:
         print(f"demo: server ready in {time.perf_counter() - started:.0f} s at {server.url}", flush=True)
+        controller = _controller_process(server)
+        controller_cpu_s = _cpu_seconds(controller)
+        batch_started = time.perf_counter()
         sampling = {"max_new_tokens": max_new_tokens, "temperature": 0.0, "stop": ["Observation"]}
         if not real_model:
             sampling["ignore_eos"] = True  # random weights: fix the output length
         first = [_first_turn_prompt(tokenizer, q) for q in QUESTIONS]
         with ThreadPoolExecutor(len(QUESTIONS)) as pool:
             wave1 = list(pool.map(lambda p: _post(server.url, {"text": p, "sampling_params": sampling}), first))
+            rows += _print_wave(1, wave1, batch_started)
             second = [p + r["text"] + "\n" + OBSERVATION + "\nThought 2:" for p, (r, _) in zip(first, wave1)]
             wave2 = list(pool.map(lambda p: _post(server.url, {"text": p, "sampling_params": sampling}), second))
-        for turn, wave in ((1, wave1), (2, wave2)):
-            for q, (reply, latency) in enumerate(wave):
-                m = reply["meta_info"]
-                rows.append((q + 1, turn, m.get("dp_rank"), m["prompt_tokens"], m["cached_tokens"],
-                             m["completion_tokens"], latency, reply["text"].strip().replace("\n", " ")[:48]))
+            rows += _print_wave(2, wave2, batch_started)
+        batch_s = time.perf_counter() - batch_started
+        controller_cpu_s = _cpu_seconds(controller) - controller_cpu_s
         status = server.status() or {}
-    print()
-    print_table([(*r[:6], f"{r[6]:.2f}", r[7]) for r in rows],
-                ["question", "turn", "worker", "prompt", "cached", "output", "latency s", "text"], left_columns=[7])
     prompt_total = sum(r[3] for r in rows)
     cached_total = sum(r[4] for r in rows)
     per_worker = {w: sum(1 for r in rows if r[2] == w) for w in (0, 1)}
@@ -109,6 +138,8 @@ def run(model: str, policy: str, max_new_tokens: int) -> int:
     print(f"\nprefix hit rate {cached_total / max(1, prompt_total):.2f} ({cached_total}/{prompt_total} prompt tokens); "
           f"requests per worker {per_worker}; follow-up turns on their first turn's worker: "
           f"{same_worker}/{len(QUESTIONS)}; mirror: {status.get('mirror', '?')}")
+    print(f"batch of {len(rows)} requests in {batch_s:.1f} s; our controller process used "
+          f"{controller_cpu_s:.2f} CPU-s meanwhile")
     print("demo: server stopped")
     return 0
 

@@ -212,7 +212,14 @@ class SGLangServer:
 def server_lock(path: str = LOCK_PATH) -> Iterator[None]:
     fd = open_lock_file(path)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            # Say why nothing happens: a newcomer's demo would otherwise sit silent while a
+            # test or benchmark holds the machine's one server slot.
+            print(f"server: another SGLang server started by this project is running ({path} is held); "
+                  "waiting for it to stop", file=sys.stderr, flush=True)
+            fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)  # closing releases the lock

@@ -82,6 +82,37 @@ def test_the_lock_serialises_holders_and_keeps_the_file(tmp_path):
     assert os.path.exists(path)
 
 
+def _wait_for_line(stream, text: str, timeout_s: float) -> str:
+    """The first line of `stream` holding `text` (other lines, e.g. warnings, skipped)."""
+    import select
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([stream], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            break
+        line = stream.readline()
+        if not line:
+            break
+        if text in line:
+            return line
+    raise AssertionError(f"no line with {text!r} within {timeout_s} s")
+
+
+def test_a_waiter_for_the_lock_says_why_it_waits(tmp_path):
+    """The demo must not sit silent while a test or benchmark holds the server slot."""
+    path = str(tmp_path / "server.lock")
+    waiter_code = ("import sys; from sglang_ext.server import server_lock\n"
+                   "with server_lock(sys.argv[1]):\n    print('got it', flush=True)")
+    with server_lock(path):
+        waiter = subprocess.Popen([sys.executable, "-c", waiter_code, path], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+        said = _wait_for_line(waiter.stderr, "waiting for it to stop", timeout_s=60)
+        assert path in said
+    out, _ = waiter.communicate(timeout=60)
+    assert waiter.returncode == 0 and out.strip() == "got it"
+
+
 def test_the_status_file_is_written_without_following_a_planted_temp_symlink(tmp_path):
     target = tmp_path / "victim"
     target.write_text("precious")
