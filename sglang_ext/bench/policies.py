@@ -51,6 +51,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 from sglang_ext.core.policies import POLICIES, Request
 from sglang_ext.core.router import Router, RouterConfig
+from traces.summary import percentile
 
 VOCAB = 32_000
 OUTPUT_CHOICES = (1, 16, 64, 128, 300)
@@ -115,7 +116,8 @@ def as_input(stream: list[Request], kind: str) -> list[Request]:
 
 
 def _quantile(sorted_ns: list[int], q: float) -> float:
-    return sorted_ns[min(len(sorted_ns) - 1, int(q * len(sorted_ns)))] / 1000
+    """Microseconds; the percentile every benchmark uses (traces/summary.py), not nearest rank."""
+    return percentile(sorted_ns, q * 100) / 1000
 
 
 def run_one(policy: str, workers: int, rate_rps: float, stream: list[Request],
