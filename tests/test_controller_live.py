@@ -175,6 +175,31 @@ def test_an_aborted_request_leaves_the_ledger(server):
     assert all(load["requests"] == 0 for load in status["loads"])
 
 
+def test_requests_of_another_cache_salt_are_not_credited_with_its_cache(server):
+    """SGLang keeps cache_salt namespaces apart (`radix_cache.py: RadixKey.child_key_at`)
+    and its KV events name the salt: the mirror credits a prompt cached under salt
+    "alpha" to "alpha" requests only, never to "beta" or unsalted ones."""
+    rng = random.Random(12)
+    prefix = ids(rng, 200)
+
+    def decide(salt: str | None) -> tuple[dict, dict]:
+        rid = f"salt-{salt}-{uuid.uuid4().hex[:6]}"
+        fields = {"rid": rid} if salt is None else {"rid": rid, "cache_salt": salt}
+        reply = generate(server.url, input_ids=prefix + ids(rng, 8), max_new_tokens=2, **fields)
+        status = server.wait_status(lambda s: any(d["rid"] == rid for d in s["recent_decisions"]))
+        return reply, next(d for d in status["recent_decisions"] if d["rid"] == rid)
+
+    first, _ = decide("alpha")
+    server.wait_status(lambda s: s["in_flight"] == 0 and s["tree"]["namespaces"] >= 1)
+    again, record = decide("alpha")
+    assert meta(again)["cached_tokens"] >= 200  # SGLang's own hit: the salt is the same
+    assert record["cached_tokens"][meta(first)["dp_rank"]] >= 200, record
+    for salt in ("beta", None):
+        reply, record = decide(salt)
+        assert meta(reply)["cached_tokens"] == 0, (salt, meta(reply))  # SGLang: another namespace
+        assert record["cached_tokens"] == [0, 0], (salt, record)
+
+
 def test_controller_is_idle_when_no_requests_arrive(server):
     pid = server.controller_pid()
     assert pid is not None
@@ -236,9 +261,16 @@ def test_zz_a_request_pinned_to_a_dead_rank_gets_an_error_and_the_server_keeps_s
         assert [meta(r)["dp_rank"] for r in replies] == [0, 0, 0]  # the live rank serves everything
         status = server.wait_status(lambda s: s["unroutable"]["error_replies"] > before)
         assert status["unroutable"]["error_replies"] == before + 1
+        assert status["tree"]["tokens_held"][1] == 0  # its mirror went with it
     finally:
         feed.send([True, True])
-        server.wait_status(lambda s: all(ld["alive"] for ld in s["loads"]), timeout_s=20)
+        status = server.wait_status(lambda s: all(ld["alive"] for ld in s["loads"]), timeout_s=20)
         feed.close()
+    # Revived clean, and routable by the policy again, not only when pinned.
+    assert status["loads"][1]["requests"] == 0 and status["tree"]["tokens_held"][1] == 0
+    with ThreadPoolExecutor(4) as pool:
+        replies = list(pool.map(lambda p: generate(server.url, input_ids=p, max_new_tokens=24),
+                                [ids(rng, 40) for _ in range(8)]))
+    assert 1 in [meta(r)["dp_rank"] for r in replies], [meta(r)["dp_rank"] for r in replies]
     reply = generate(server.url, input_ids=ids(rng, 20), max_new_tokens=2, routed_dp_rank=1)
     assert meta(reply)["dp_rank"] == 1
