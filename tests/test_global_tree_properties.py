@@ -292,7 +292,8 @@ def check_invariants(tree: GlobalTree, approximate: bool = False) -> None:
             assert child.parent is node
             ids = tree.node_token_ids(child)
             assert ids and len(ids) % page == 0
-            assert len(child.hashes) == len(ids) // page
+            # Exact nodes: one hash per page; approximate nodes carry none (not a list).
+            assert child.hashes is None if approximate else len(child.hashes) == len(ids) // page
             assert key == tree._key(child.tokens, 0)
             # No dead node stays: an unheld node must lead to a held one.
             assert child.holders or child.children, "unheld leaf left in the tree"
@@ -300,10 +301,10 @@ def check_invariants(tree: GlobalTree, approximate: bool = False) -> None:
                 if child.holders >> w & 1:
                     held_nodes[w].add(child)
                     tokens[w] += len(ids)
-            for h in child.hashes:
-                if h is not None:
-                    assert h not in hashes, "a page hash in two nodes"
-                    hashes[h] = child
+            for h in child.hashes or ():
+                assert h is not None
+                assert h not in hashes, "a page hash in two nodes"
+                hashes[h] = child
             stack.append(child)
     assert tree.root.holders == 0
     assert hashes.keys() == tree._by_hash.keys()

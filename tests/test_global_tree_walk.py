@@ -24,7 +24,7 @@ def shape(tree: GlobalTree) -> tuple:
             path = prefix + (bytes(child.tokens),)
             names[id(child)] = path
             assert child.parent is node
-            out.append((bytes(child.tokens), child.holders, len(child.hashes), walk(child, path)))
+            out.append((bytes(child.tokens), child.holders, child.hashes, walk(child, path)))
         return out
 
     roots = [(None, walk(tree.root, ()))]

@@ -43,7 +43,9 @@ Two modes share the structure: *exact* (fed by SGLang's KV events, see `kv_event
 and *approximate* (`insert_approximate` on dispatch, per-worker LRU eviction bounded by
 the worker's KV capacity, leaves first) for servers that publish no events. Approximate
 mode uses a logical access order, never a wall clock, so the simulator can host it
-unchanged. A tree is used in one mode: approximate nodes carry no hashes.
+unchanged. A tree is used in one mode: approximate nodes carry no hashes (`hashes` is
+None, not a list of Nones: with page size 1 that list cost 8 bytes per token, 12 us to
+make for an 8K-token node, and every garbage collection walked it).
 Namespaces: SGLang keeps a request's cache entries apart by namespace (cache salt,
 LoRA, a caller's extra key; see `namespaces.py`), so equal tokens under another namespace
 are a miss. Each namespace has its own root here (`namespace=None` is the plain one, the
@@ -68,7 +70,7 @@ from .token_bytes import TOKEN_BYTES, common_prefix, pack, packed_common_prefix,
 class _Node:
     __slots__ = ("tokens", "hashes", "parent", "children", "holders")
 
-    def __init__(self, tokens: bytearray, hashes: list[int | None], parent: _Node | None):
+    def __init__(self, tokens: bytearray, hashes: list[int] | None, parent: _Node | None):
         self.tokens = tokens
         self.hashes = hashes
         self.parent = parent
@@ -403,25 +405,30 @@ class GlobalTree:
         splits it near one end every time, and must not cost O(chain) per page.
         """
         cut = pages * self._page_bytes
-        if pages * 2 <= len(node.hashes):
+        hashes = node.hashes  # None in approximate mode
+        if cut * 2 <= len(node.tokens):
             # New head above `node`; `node` keeps its children and becomes the tail.
             parent = node.parent
-            new = head = _Node(node.tokens[:cut], node.hashes[:pages], parent)
+            new = head = _Node(node.tokens[:cut], None if hashes is None else hashes[:pages], parent)
             parent.children[self._key(node.tokens, 0)] = head
-            del node.tokens[:cut], node.hashes[:pages]  # a C memmove, no per-item work
+            del node.tokens[:cut]  # a C memmove, no per-item work
+            if hashes is not None:
+                del hashes[:pages]
             head.children = {self._key(node.tokens, 0): node}
             node.parent = head
             tail = node
         else:
-            new = tail = _Node(node.tokens[cut:], node.hashes[pages:], node)
+            new = tail = _Node(node.tokens[cut:], None if hashes is None else hashes[pages:], node)
             tail.children = node.children
             for child in tail.children.values():
                 child.parent = tail
-            del node.tokens[cut:], node.hashes[pages:]
+            del node.tokens[cut:]
+            if hashes is not None:
+                del hashes[pages:]
             node.children = {self._key(tail.tokens, 0): tail}
             head = node
         new.holders = node.holders
-        if new.hashes[0] is not None:
+        if hashes is not None:
             self._index(new)
         else:
             # Approximate mode: the new part enters each holder's LRU as most recent. A
@@ -450,8 +457,8 @@ class GlobalTree:
 
     def _index(self, node: _Node) -> None:
         """Point `_by_hash` at `node` for each of its pages (C-speed; approximate-mode
-        nodes carry no hashes, all None)."""
-        if node.hashes and node.hashes[0] is not None:
+        nodes carry none)."""
+        if node.hashes:
             self._by_hash.update(zip(node.hashes, repeat(node)))
 
     def _release(self, node: _Node, worker: int) -> _Node:
@@ -472,7 +479,7 @@ class GlobalTree:
         while node.parent is not None and not node.holders and not node.children:
             parent = node.parent
             del parent.children[self._key(node.tokens, 0)]
-            if node.hashes and node.hashes[0] is not None:
+            if node.hashes:
                 # Each page hash lives in exactly one node (the tests check it).
                 for h in node.hashes:
                     by_hash.pop(h, None)
@@ -507,30 +514,33 @@ class GlobalTree:
         re-indexed: a chain released or replicated page by page merges a one-page node
         into a long one every time, and must not cost O(chain) per page.
         """
-        if len(child.hashes) > len(node.hashes):
+        exact = node.hashes is not None  # approximate trees merge too, after a clear
+        if len(child.tokens) > len(node.tokens):
             child.tokens[:0] = node.tokens  # one C memmove
-            child.hashes[:0] = node.hashes
+            if exact:
+                child.hashes[:0] = node.hashes
             parent = child.parent = node.parent
             parent.children[self._key(child.tokens, 0)] = child
             gone, survivor = node, child
         else:
             node.tokens += child.tokens
-            node.hashes += child.hashes
+            if exact:
+                node.hashes += child.hashes
             node.children = child.children
             for grandchild in node.children.values():
                 grandchild.parent = node
             gone, survivor = child, node
-        if gone.hashes and gone.hashes[0] is not None:
+        if gone.hashes:
             self._by_hash.update(zip(gone.hashes, repeat(survivor)))
         gone.parent, gone.children = None, {}
         return survivor
 
     def _insert_under(self, node: _Node, worker: int, data: bytes,
-                      hashes: list[int | None] | None, merge: bool = False) -> list[_Node]:
+                      hashes: list[int] | None, merge: bool = False) -> list[_Node]:
         """Make `worker` hold the packed tokens `data` below `node`, sharing existing
         nodes; returns the nodes of the path that now hold them (`merge`: exact mode, see
         `_merge_around`; the path is then not meaningful). `hashes`: one per page, or None
-        in approximate mode (nodes then get None per page of their own part only)."""
+        in approximate mode (nodes then carry none)."""
         pb, pos, path = self._page_bytes, 0, []
         while pos < len(data):
             key = self._key(data, pos)
@@ -575,15 +585,11 @@ class GlobalTree:
         return path
 
     def _new_leaf(self, node: _Node, worker: int, data: bytes, pos: int, end: int,
-                  hashes: list[int | None] | None) -> _Node:
+                  hashes: list[int] | None) -> _Node:
         """A new child of `node` holding packed `data[pos:end]` (bytes, page-aligned) for
         `worker`; `hashes`: one per page of the whole `data`, or None in approximate mode
-        (the new node then gets a None per page of its own)."""
-        pb = self._page_bytes
-        if hashes is None:
-            new_hashes = [None] * ((end - pos) // pb)
-        else:
-            new_hashes = hashes[pos // pb :] if pos else hashes
+        (the new node then has none)."""
+        new_hashes = None if hashes is None else (hashes[pos // self._page_bytes :] if pos else hashes)
         child = _Node(bytearray(data[pos:end]), new_hashes, node)
         node.children[self._key(data, pos)] = child
         self._index(child)
