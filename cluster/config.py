@@ -61,6 +61,9 @@ class SimConfig:
                              "`traces replay --force-lengths` does (default: the trace's own cap)")
     max_requests: int | None = _f(None, "simulate only the first N requests of the trace")
     debug_checks: bool = _f(False, "check ledger and mirror against every worker at every step (slow)")
+    worker_joins: str = _f("", "elastic workers: W@T[,W@T...] = worker W is not routable until simulated "
+                           "second T, then joins (Router.set_alive, as the live controller does on SGLang's "
+                           "elastic scale-up); at least one worker must be there from the start")
 
     def check(self) -> None:
         """Raise a one-line ValueError for a bad field (files are checked by `resolve`)."""
@@ -86,6 +89,26 @@ class SimConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be finite and >= 0, got {value}")
         if not 0 < self.load_report_interval_ms < float("inf"):
             raise ValueError(f"--load-report-interval-ms must be finite and > 0, got {self.load_report_interval_ms}")
+        self.joins()
+
+    def joins(self) -> dict[int, float]:
+        """`worker_joins` parsed: worker -> the simulated second it joins. One-line
+        ValueError for a bad spec."""
+        out: dict[int, float] = {}
+        for item in filter(None, (part.strip() for part in self.worker_joins.split(","))):
+            worker, at, time_s = item.partition("@")
+            try:
+                w, t = int(worker), float(time_s)
+            except ValueError:
+                raise ValueError(f"--worker-joins: {item!r} is not WORKER@SECONDS") from None
+            if not at or not 0 <= w < self.gpus:
+                raise ValueError(f"--worker-joins: {item!r}: the worker must be in 0..{self.gpus - 1}")
+            if not 0 <= t < float("inf") or w in out:
+                raise ValueError(f"--worker-joins: {item!r}: a finite time >= 0, once per worker")
+            out[w] = t
+        if len(out) == self.gpus and min(out.values()) > 0:
+            raise ValueError("--worker-joins: no worker is there from the start")
+        return out
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -20,6 +20,10 @@ Design note (the invariants the loop keeps):
   live one does.
 - A held decision (`Decision.held`, `sglang_ext/core/prefix_hold.py`) waits in the
   controller until `Router.take_released` names it; that is asked after every delivery.
+- Elastic workers (`SimConfig.worker_joins`): a worker that joins later is marked down in
+  the router from the start and up at its time, through `Router.set_alive`, the call the
+  live controller makes on SGLang's elastic scale-up (`sglang_ext/controller.py`,
+  `add_elastic_workers`); until then no policy routes to it.
 - Every random stream derives from `SimConfig.seed` through `numpy.random.SeedSequence`.
 """
 
@@ -45,7 +49,8 @@ from traces.format import Trace
 from traces.metrics import RequestResult
 
 # Event kinds (ints: the heap compares them only after time and insertion number).
-ARRIVAL, DECIDED, AT_WORKER, STEP_END, KV_EVENTS, PREFILL_REPORT, FINISH_REPORT, LOAD_TICK, LOAD_REPORT = range(9)
+(ARRIVAL, DECIDED, AT_WORKER, STEP_END, KV_EVENTS, PREFILL_REPORT, FINISH_REPORT, LOAD_TICK, LOAD_REPORT,
+ WORKER_JOIN) = range(10)
 
 
 class SimulationError(RuntimeError):
@@ -140,6 +145,7 @@ class Simulation:
         self._seq = itertools.count()
         self._finished = 0
         self._used = False
+        self.joined_s: dict[int, float] = {}  # elastic workers: when each joined
 
     # ------------------------------------------------------------------ the loop
 
@@ -156,6 +162,10 @@ class Simulation:
         arrivals = [r.arrival_s for r in self.trace.requests[: len(self.jobs)]]
         self._push(arrivals[0], ARRIVAL, 0)
         self._push(interval, LOAD_TICK)
+        for w, join_s in sorted(cfg.joins().items()):
+            if join_s > 0:
+                self.router.set_alive(w, False, 0.0)
+                self._push(join_s, WORKER_JOIN, w)
         heap, pop, push = self._heap, heapq.heappop, self._push
         now = 0.0
         while heap:
@@ -187,6 +197,9 @@ class Simulation:
                 self._inbox.clear()
                 self._release_held(now)
                 self._decide(now)
+            elif kind == WORKER_JOIN:
+                self.router.set_alive(a, True, now)
+                self.joined_s[a] = now
             elif kind == LOAD_TICK:
                 for w, worker in enumerate(self.workers):
                     push(now + report_delay, LOAD_REPORT, worker.load_report(w, now))

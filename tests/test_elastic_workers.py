@@ -141,3 +141,36 @@ def sglang_config():
     from test_controller_dispatch import sglang_config as publish
 
     publish.__wrapped__()
+
+
+# ------------------------------------------------------------------ the simulator
+
+
+def test_a_worker_joining_mid_run_in_the_simulator_gets_requests_only_after_it_joined(tmp_path_factory):
+    import dataclasses
+
+    from cluster.engine import Simulation
+    from cluster.config import resolve
+    from test_sim_engine import BASE, react_trace
+
+    trace = react_trace(tmp_path_factory, rate_rps=24, duration_s=6)
+    config = dataclasses.replace(BASE, worker_joins="3@3.0", debug_checks=True)
+    sim = Simulation(trace, resolve(config))
+    outcome = sim.run()
+    assert outcome.summary["succeeded"] == len(trace.requests)
+    assert sim.joined_s == {3: 3.0}
+    early = [r.worker for r in outcome.results if r.arrival_s < 3.0]
+    late = [r.worker for r in outcome.results if r.arrival_s >= 3.0]
+    assert early and 3 not in early
+    assert late.count(3) > 0, late
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("4@1", "the worker must be in 0..3"), ("1@x", "is not WORKER@SECONDS"), ("1@-1", "a finite time >= 0"),
+    ("1@2,1@3", "once per worker"), ("0@1,1@1,2@1,3@1", "no worker is there from the start"),
+])
+def test_a_bad_worker_schedule_is_a_one_line_value_error(spec, message):
+    from cluster.config import SimConfig
+
+    with pytest.raises(ValueError, match=message):
+        SimConfig(gpus=4, worker_joins=spec).check()
