@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sglang_ext.core.token_bytes import common_prefix, pack
+from sglang_ext.core.token_bytes import common_prefix, pack, packed_common_prefix
 
 DEFAULT_MIN_SHARED_TOKENS = 64
 DEFAULT_MAX_HOLD_S = 30.0
@@ -42,7 +42,7 @@ class PrefixHolds:
         self.min_shared_tokens = min_shared_tokens
         self.max_hold_s = max_hold_s
         # Per worker: requests dispatched there whose prefill is not done yet, with their
-        # prompts packed on first use (only when a follower is checked against them).
+        # prompts packed (by the router, or here on first use when a follower is checked).
         self._queued: list[dict[str, list]] = [{} for _ in range(num_workers)]
         self._held: dict[str, _Held] = {}
         self._followers: dict[str, list[str]] = {}  # leader -> held rids, in hold order
@@ -58,11 +58,12 @@ class PrefixHolds:
 
     # ------------------------------------------------------------ queued prompts
 
-    def queued(self, rid: str, worker: int, input_ids: Sequence[int], namespace=None) -> None:
+    def queued(self, rid: str, worker: int, input_ids: Sequence[int], namespace=None,
+               packed: bytes | None = None) -> None:
         """`rid` waits on `worker` for its prefill; `namespace`: its cache namespace key
         (`CacheNamespace.full_key`), since only a leader of the same namespace caches
-        anything a follower can use."""
-        self._queued[worker][rid] = [input_ids, None, namespace]
+        anything a follower can use; `packed`: its prompt already packed (`token_bytes`)."""
+        self._queued[worker][rid] = [input_ids, packed, namespace]
 
     def prefilled(self, rid: str, worker: int) -> None:
         """`rid`'s prefill is done (or it left the worker): its followers go."""
@@ -78,18 +79,22 @@ class PrefixHolds:
     # -------------------------------------------------------------------- holds
 
     def leader_for(self, input_ids: Sequence[int], worker: int, cached_tokens: int,
-                   namespace=None) -> str | None:
+                   namespace=None, packed: bytes | None = None) -> str | None:
         """The queued request on `worker` in the same cache `namespace` whose prompt
         shares the longest prefix with `input_ids`, if that prefix reaches
         `min_shared_tokens` beyond what the worker already caches (`cached_tokens`, from
-        the mirror); else None."""
+        the mirror); else None. `packed`: `input_ids` already packed, compared by memcmp
+        (reading SGLang's int64 array('q') once per queued request cost twice as much)."""
         best, best_rid = cached_tokens + self.min_shared_tokens - 1, None
         for rid, entry in self._queued[worker].items():
             if entry[2] != namespace:
                 continue
             if entry[1] is None:
                 entry[1] = pack(entry[0])
-            shared = common_prefix(input_ids, 0, entry[1])
+            if packed is not None:
+                shared = packed_common_prefix(packed, 0, entry[1])
+            else:
+                shared = common_prefix(input_ids, 0, entry[1])
             if shared > best:
                 best, best_rid = shared, rid
         return best_rid
