@@ -342,9 +342,18 @@ class PrefixAwareController(DataParallelController):
         """SGLang's elastic scale-up (`ElasticScaleUpdateReq`, `data_parallel_controller.py:
         add_elastic_workers`): the stock method activates DP slots bound at launch
         (`max_dp_size` of them; the router has one worker per slot from the start);
-        the router makes them routable, clean."""
+        the router makes them routable, clean.
+
+        Under elastic EP every scheduler files each new request's cache entries under
+        the current EP size (`scheduler.py: _maybe_namespace_elastic_radix_cache` sets
+        `extra_key = "elastic_ep_size=N"`), a namespace the KV events do not name
+        (`core/namespaces.py`): after a scale-up no request can use a page cached
+        before it, so every worker's mirror is forgotten (rebuilt from new events)."""
         super().add_elastic_workers(slot_offset, slot_count)
         self._sync_alive()
+        if self.router is not None:
+            for w in range(self.max_dp_size):
+                self.router.forget_cache(w)
 
     def _sync_alive(self) -> None:
         if self.router is not None:

@@ -2,7 +2,7 @@
 
 SGLang 0.5.23 changes its set of DP ranks at run time only under elastic EP: rank status
 (`ActiveRanksOutput`) and scale-up into slots bound at launch (`ElasticScaleUpdateReq` ->
-`DataParallelController.add_elastic_workers`); see docs/elastic_workers.md. The router
+`DataParallelController.add_elastic_workers`); see README, "Running the controller". The router
 has one worker per slot from the start; these tests check that a slot that comes up is
 routable by every policy with clean state, and one that goes down is not.
 """
@@ -101,8 +101,10 @@ def test_an_elastic_slot_activated_at_run_time_gets_requests_from_the_controller
         h.send(tokenized(f"b{i}", prompt=[7 + i] * 8))
     h.run_until(lambda: len(ctl.router.ledger) == 4)
     assert [len(got) for got in h.received()] == [2, 2, 0]
+    ctl.router.tree.apply_stored(0, [1, 2], None, [7, 7])  # cached under the old EP size
     h.send(ElasticScaleUpdateReq(success=True, effective_ep_size=3, slot_offset=2, slot_count=1))
     h.run_until(lambda: ctl.router.ledger.loads[2].alive)
+    assert ctl.router.tree.tokens_held(0) == 0  # a namespace no new request is in
     for i in range(3):
         h.send(tokenized(f"a{i}", prompt=[50 + i] * 8))
     h.run_until(lambda: len(ctl.router.ledger) == 7)

@@ -398,16 +398,22 @@ class Router:
                 self.policy.on_expired(rid, worker, now_s)
         self._reset_worker(worker, now_s)
 
+    def forget_cache(self, worker: int) -> None:
+        """Forget what the mirror holds for `worker` (its cache is no use to new requests
+        any more, e.g. SGLang moved every new request into another namespace); it is
+        rebuilt from the worker's next KV events."""
+        self.tree.apply_cleared(worker)
+        self.tree.mark_uncertain(worker, False)
+        if self.ambiguous is not None:
+            self.ambiguous.apply_cleared(worker)
+        self._refresh_kv(worker)
+
     def _reset_worker(self, worker: int, now_s: float) -> None:
         """Forget everything known of `worker`'s cache and queue."""
         for rid in self.ledger.forget_worker(worker):  # none once it was down
             self.policy.on_expired(rid, worker, now_s)
         self.inflight.forget_worker(worker)
         self.holds.forget_worker(worker)
-        self.tree.apply_cleared(worker)
-        self.tree.mark_uncertain(worker, False)
-        if self.ambiguous is not None:
-            self.ambiguous.apply_cleared(worker)
         self.load_check.forget_worker(worker)
         self.policy.on_worker_reset(worker, now_s)
-        self._refresh_kv(worker)
+        self.forget_cache(worker)
