@@ -21,10 +21,12 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import re
 import tempfile
 import time
 import uuid
 from http import HTTPStatus
+from types import SimpleNamespace
 
 import zmq
 from sglang.srt.managers.data_parallel_controller import DataParallelController
@@ -58,6 +60,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_MAX_NEW_TOKENS = 128  # SGLang's default when a request sets none
 POLL_TIMEOUT_MS = 1000  # housekeeping (ledger expiry) runs at least this often
 LOAD_CHECK_INTERVAL_S = 1.0  # how often the ledger is cross-checked with the workers' loads
+PROCESS_CHECK_INTERVAL_S = 1.0  # how often the schedulers' processes are checked for exits
 # Messages taken from one socket per poll round: a flood on one (a burst of requests, a
 # storm of KV events) then cannot starve the others. ZMQ's poll is level-triggered, so
 # what is left is reported ready again at once.
@@ -142,6 +145,7 @@ class PrefixAwareController(DataParallelController):
         if self.rank_feeds:
             logger.info("controller: feeds the ranks advertised: %s",
                         {r: f.as_dict() for r, f in sorted(self.rank_feeds.items())})
+        self.rank_processes = _rank_processes(getattr(self, "scheduler_procs", None) or [])
         self._init_ours(server_args, ErrorReplies(self.context, port_args.tokenizer_ipc_name))
 
     def _init_ours(self, server_args, replies: ErrorReplies, router_config: RouterConfig | None = None,
@@ -156,6 +160,9 @@ class PrefixAwareController(DataParallelController):
         self.decision_times = DecisionTimes()  # wall time of router.route, for the status file
         self._fallback_counter = 0
         self._last_load_check_s = float("-inf")
+        self._last_process_check_s = float("-inf")
+        self.dead_ranks: dict[int, str] = {}  # rank -> why: its scheduler process exited
+        self.failed_in_flight = 0  # requests answered with an error because their rank died
         self.router: Router | None = None
         self._held: dict[str, object] = {}  # rid -> message held for its prefix (router.holds)
         self.kv_subscriber: KVEventSubscriber | None = None
@@ -328,7 +335,33 @@ class PrefixAwareController(DataParallelController):
     def _is_alive(self, worker: int) -> bool:
         # The stock `update_active_ranks` updates only `status` outside elastic EP, not
         # `_active_workers`; both flags are read here.
-        return bool(self.status[worker]) and bool(self.dp_active[worker]) and self.workers[worker] is not None
+        return (bool(self.status[worker]) and bool(self.dp_active[worker]) and self.workers[worker] is not None
+                and worker not in self.dead_ranks)
+
+    def _check_scheduler_processes(self, now: float) -> None:
+        """A rank whose scheduler process exited (killed, crashed outside Python) is
+        down for good: SGLang 0.5.23 does not notice, since the server's subprocess
+        watchdog watches this controller process and the detokenizer, not the
+        schedulers this process started (`entrypoints/engine.py`, `SubprocessWatchdog`),
+        and the stock controller would keep sending it requests that never return.
+        Here the rank becomes unroutable and each request in flight on it gets an
+        error reply at once, instead of a client waiting forever."""
+        for rank, processes in getattr(self, "rank_processes", {}).items():
+            if rank in self.dead_ranks:
+                continue
+            exited = [p for p in processes if not p.is_alive()]
+            if not exited:
+                continue
+            reason = (f"the scheduler of DP rank {rank} (pid {exited[0].pid}) exited with code "
+                      f"{exited[0].exitcode}")
+            self.dead_ranks[rank] = reason
+            in_flight = self.router.ledger.rids_on(rank) if self.router is not None else []
+            logger.error("controller: %s; rank %d is unroutable from now on, %d request(s) in flight on "
+                         "it get an error reply", reason, rank, len(in_flight))
+            self._sync_alive()
+            for rid in in_flight:
+                self.failed_in_flight += 1
+                self._reject(SimpleNamespace(rid=rid), f"{reason} while serving this request")
 
     def update_active_ranks(self, ranks) -> None:
         """SGLang's rank-status message (`ActiveRanksOutput`, sent by the schedulers under
@@ -410,6 +443,9 @@ class PrefixAwareController(DataParallelController):
         if now - self._last_load_check_s >= LOAD_CHECK_INTERVAL_S:
             self._last_load_check_s = now
             self._guarded("the workers' load snapshots", self._check_loads, now)
+        if now - self._last_process_check_s >= PROCESS_CHECK_INTERVAL_S:
+            self._last_process_check_s = now
+            self._guarded("the schedulers' processes", self._check_scheduler_processes, now)
         if self.status_writer is not None:
             if ready:
                 self.status_writer.mark_dirty()
@@ -456,7 +492,9 @@ class PrefixAwareController(DataParallelController):
             "dispatched_by_worker": self.dispatched_by_worker,
             "kv_events": self.kv_subscriber.applier.stats if self.kv_subscriber else None,
             "bad_reports": self.bad_reports,
-            "unroutable": {"error_replies": self.unroutable, "fallback_routed": self.fallback_routed},
+            "unroutable": {"error_replies": self.unroutable, "fallback_routed": self.fallback_routed,
+                           "failed_in_flight": self.failed_in_flight},
+            "dead_ranks": {str(rank): why for rank, why in self.dead_ranks.items()},
             "housekeeping_errors": self.housekeeping_errors,
             "decision_time": self.decision_times.status(),
             "length_predictions": None if self.lengths is None else self.lengths.status(time.monotonic()),
@@ -504,6 +542,32 @@ class PrefixAwareController(DataParallelController):
                     self.router.finished(report.rid, report.output_tokens, now)
                     if self.lengths is not None:
                         self.lengths.forget(report.rid)
+
+
+def _rank_processes(processes) -> dict[int, list]:
+    """DP rank -> the scheduler processes this controller started for it, read from the
+    title each scheduler gives itself once started: `sglang::scheduler_DP<rank>`, then
+    `_PP<n>`, `_TP<n>`... (SGLang 0.5.23, `scheduler.py: run_scheduler_process`). The
+    ranks' threads start them concurrently (`data_parallel_controller.py`), so list
+    order says nothing, and `multiprocessing` drops a process's arguments once it
+    started. A process without such a title is left unwatched."""
+    ranks: dict[int, list] = {}
+    for proc in processes:
+        match = _SCHEDULER_TITLE.match(_process_title(proc.pid))
+        if match:
+            ranks.setdefault(int(match.group(1)), []).append(proc)
+    return ranks
+
+
+_SCHEDULER_TITLE = re.compile(r"sglang::scheduler_DP(\d+)(?![0-9])")
+
+
+def _process_title(pid) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except (OSError, TypeError):
+        return ""
 
 
 def _rewrap_time_stats(message) -> None:

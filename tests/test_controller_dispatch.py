@@ -286,3 +286,60 @@ def test_predicted_lengths_weigh_the_ledger_and_a_failed_prediction_still_dispat
     assert sum(len(g) for g in h.received()) == 2
     stats = h.ctl.status_snapshot()["length_predictions"]
     assert stats["failed"] == 1 and stats["predicted_in_time"] == 1 and stats["unavailable"] is None
+
+
+def _idle_scheduler(title: str) -> None:
+    """Stands in for SGLang's `run_scheduler_process`: takes its title, then idles."""
+    import setproctitle
+
+    setproctitle.setproctitle(title)
+    time.sleep(120)
+
+
+def test_a_rank_whose_scheduler_process_exits_is_unroutable_and_its_requests_get_errors(harness):
+    import multiprocessing
+
+    from sglang_ext.controller import _rank_processes
+
+    h = harness()
+    fork = multiprocessing.get_context("fork")  # a sleeping child touches no inherited lock
+    # Titles as SGLang 0.5.23's schedulers set them; started by concurrent threads there,
+    # so list order is not rank order. A process of another kind is not watched.
+    procs = [fork.Process(target=_idle_scheduler, args=(title,), daemon=True)
+             for title in ("sglang::scheduler_DP1", "sglang::scheduler_DP0_TP0", "sglang::detokenizer")]
+    for p in procs:
+        p.start()
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len(_rank_processes(procs)) < 2:
+            time.sleep(0.05)  # until the children have taken their titles
+        h.ctl.rank_processes = _rank_processes(procs)
+        assert {r: [p.pid for p in ps] for r, ps in h.ctl.rank_processes.items()} == \
+            {1: [procs[0].pid], 0: [procs[1].pid]}
+        for i in range(4):
+            h.send(tokenized(f"r{i}"))
+        h.run_until(lambda: len(h.ctl.router.ledger) == 4)
+        on_rank_1 = sorted(h.ctl.router.ledger.rids_on(1))
+        assert len(on_rank_1) == 2
+        h.step()
+        assert h.ctl.dead_ranks == {} and h.drain(h.replies_in) == []  # alive processes: nothing happens
+        procs[0].kill()
+        procs[0].join(10)
+        h.ctl._last_process_check_s = float("-inf")  # check at the next round, not a second later
+        replies = replies_until(h, 2)
+        assert sorted(r.rid for r in replies) == on_rank_1
+        assert all("DP rank 1" in r.finished_reason["message"] and "exited" in r.finished_reason["message"]
+                   for r in replies)
+        assert not h.ctl.router.ledger.loads[1].alive and h.ctl.router.ledger.rids_on(1) == []
+        status = h.ctl.status_snapshot()
+        assert status["unroutable"]["failed_in_flight"] == 2 and "1" in status["dead_ranks"]
+        h.received()
+        for i in range(3):
+            h.send(tokenized(f"after{i}"))
+        h.run_until(lambda: len(h.ctl.router.ledger.rids_on(0)) == 5)
+        got = h.received()
+        assert sorted(m.rid for m in got[0]) == ["after0", "after1", "after2"] and got[1] == []
+    finally:
+        for p in procs:
+            p.kill()
+            p.join(10)

@@ -1,6 +1,6 @@
 """Faults against real SGLang (CPU, dp=2, tiny model, KV events with replay, loopback):
 malformed frames on the sockets the controller reads, one rank's KV-event feed cut and
-restored, and a burst at ten times the rate.
+restored, a burst at ten times the rate, and (last) one rank's scheduler process killed.
 
 One server for the module (`prefix_length_aware`, the launcher's loopback event feed:
 PUB ports base, base + 1 and replay ROUTERs base + 2, base + 3 for dp=2, see
@@ -321,3 +321,53 @@ def test_a_burst_at_ten_times_the_rate_is_answered_or_refused_with_bounded_memor
     print(f"burst: {outcomes.count('answered')} answered, {outcomes.count('refused')} refused in "
           f"{elapsed:.1f} s; controller RSS {rss_before / 2 ** 20:.1f} -> peak {peak[0] / 2 ** 20:.1f} -> "
           f"{rss_after / 2 ** 20:.1f} MiB")
+
+
+def scheduler_process(server, rank: int) -> psutil.Process:
+    """Rank `rank`'s scheduler (SGLang titles it `sglang::scheduler_DP<rank>`)."""
+    for child in psutil.Process(server.proc.pid).children(recursive=True):
+        try:
+            if child.cmdline() and child.cmdline()[0].split()[0] == f"sglang::scheduler_DP{rank}":
+                return child
+        except psutil.Error:
+            continue
+    raise AssertionError(f"no scheduler process for DP rank {rank}")
+
+
+def test_zz_a_killed_rank_fails_its_requests_with_an_error_and_the_other_rank_serves_on(server):
+    """Runs last: it leaves rank 1 dead. A scheduler process killed mid-run (SIGKILL, as
+    an out-of-memory kill would): the requests in flight on it get an HTTP error within
+    seconds (SGLang alone would leave them waiting forever), those on rank 0 finish, and
+    every later request is served by rank 0."""
+    rng = random.Random(12)
+    victim = scheduler_process(server, 1)
+
+    def send(prompt):
+        try:
+            reply = generate(server.url, input_ids=prompt, max_new_tokens=3000, timeout_s=300)
+            return ("answered", reply["meta_info"]["dp_rank"])
+        except urllib.error.HTTPError as err:
+            return ("error", err.code, err.read().decode(errors="replace"), time.monotonic())
+        except Exception as exc:
+            return ("lost", repr(exc))
+
+    with ThreadPoolExecutor(6) as pool:
+        futures = [pool.submit(send, ids(rng, 24)) for _ in range(6)]
+        status = server.wait_status(lambda s: s["in_flight"] == 6, timeout_s=60)
+        assert status["loads"][1]["requests"] >= 1 and status["loads"][0]["requests"] >= 1, status["loads"]
+        on_rank_1 = status["loads"][1]["requests"]
+        victim.kill()
+        killed_at = time.monotonic()
+        outcomes = [f.result() for f in futures]
+    errors = [o for o in outcomes if o[0] == "error"]
+    assert not [o for o in outcomes if o[0] == "lost"], outcomes
+    assert len(errors) == on_rank_1, outcomes
+    assert all(code == 503 and "DP rank 1" in body and "exited" in body for _, code, body, _ in errors), errors
+    assert max(at for *_, at in errors) - killed_at < 15  # within seconds, not at a client timeout
+    assert {o[1] for o in outcomes if o[0] == "answered"} == {0}
+    status = server.wait_status(lambda s: "1" in s.get("dead_ranks", {}), timeout_s=10)
+    assert not status["loads"][1]["alive"] and status["unroutable"]["failed_in_flight"] == on_rank_1
+    replies = [generate(server.url, input_ids=ids(rng, 24), max_new_tokens=4) for _ in range(4)]
+    assert [r["meta_info"]["dp_rank"] for r in replies] == [0, 0, 0, 0]
+    status = server.wait_status(lambda s: s["in_flight"] == 0, timeout_s=30)
+    assert status["in_flight"] == 0 and status["loads"][0]["requests"] == 0

@@ -162,6 +162,10 @@ class LoadLedger:
             self._remove(rid)
         return rids
 
+    def rids_on(self, worker: int) -> list[str]:
+        """The requests the ledger holds on `worker`, in dispatch order."""
+        return [rid for rid, e in self._entries.items() if e.worker == worker]
+
     def forget_worker(self, worker: int) -> list[str]:
         """Drop every entry of a worker (it died or restarted)."""
         rids = [rid for rid, e in self._entries.items() if e.worker == worker]
