@@ -129,7 +129,7 @@ def test_incremental_kv_refresh_equals_a_full_refresh(exact):
             router._refresh_kv(w)
         assert _loads_tuple(router) == before
         full = LoadColumns.from_loads(router.ledger.loads)
-        for name in LoadColumns.__slots__:
+        for name in LoadColumns.FIELDS:
             assert getattr(router.columns, name).tolist() == getattr(full, name).tolist(), name
         # Things that change loads or trees between decisions.
         if i >= 4:

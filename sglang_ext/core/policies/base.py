@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import random
 from abc import ABC, abstractmethod
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -76,14 +77,23 @@ class LoadColumns:
     The router keeps one in step with the ledger's `WorkerLoad`s, re-copying only the
     workers that changed since the last decision (`Router.refresh_kv_figures`); for a
     hand-built view, `ClusterView.load_columns` builds one from the loads.
+
+    Each numpy array is a view of a stdlib `array` (`_stores`, same order as `FIELDS`):
+    numpy reads them as vectors, `sync` writes through the stdlib arrays, where a store
+    from Python costs ~50 ns instead of ~85 ns into a numpy array (eight per changed
+    worker, about three workers per decision).
     """
 
-    __slots__ = _COLUMN_FIELDS + ("alive",)
+    FIELDS = _COLUMN_FIELDS + ("alive",)
+    __slots__ = FIELDS + ("_stores",)
 
     def __init__(self, num_workers: int):
-        for name in _COLUMN_FIELDS:
-            setattr(self, name, np.zeros(num_workers, dtype=np.int64))
-        self.alive = np.ones(num_workers, dtype=bool)
+        stores = [array("q", bytes(8 * num_workers)) for _ in _COLUMN_FIELDS]
+        stores.append(array("b", bytes([1]) * num_workers))
+        self._stores = tuple(stores)
+        for name, store in zip(_COLUMN_FIELDS, stores):
+            setattr(self, name, np.frombuffer(store, dtype=np.int64))
+        self.alive = np.frombuffer(stores[-1], dtype=bool)
 
     @classmethod
     def from_loads(cls, loads: Sequence[WorkerLoad]) -> LoadColumns:
@@ -94,14 +104,15 @@ class LoadColumns:
 
     def sync(self, worker: int, load: WorkerLoad) -> None:
         """Copy one worker's figures in."""
-        self.requests[worker] = load.requests
-        self.queued_requests[worker] = load.queued_requests
-        self.queued_prefill_tokens[worker] = load.queued_prefill_tokens
-        self.pending_decode_tokens[worker] = load.pending_decode_tokens
-        self.kv_tokens_used[worker] = load.kv_tokens_used
-        self.kv_tokens_committed[worker] = load.kv_tokens_committed
-        self.kv_capacity_tokens[worker] = load.kv_capacity_tokens
-        self.alive[worker] = load.alive
+        requests, queued, prefill, decode, used, committed, capacity, alive = self._stores
+        requests[worker] = load.requests
+        queued[worker] = load.queued_requests
+        prefill[worker] = load.queued_prefill_tokens
+        decode[worker] = load.pending_decode_tokens
+        used[worker] = load.kv_tokens_used
+        committed[worker] = load.kv_tokens_committed
+        capacity[worker] = load.kv_capacity_tokens
+        alive[worker] = load.alive
 
 
 @dataclass(slots=True)
