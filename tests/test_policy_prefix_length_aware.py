@@ -83,3 +83,16 @@ def test_compiled_choice_refuses_mismatched_columns():
         compiled.choose([], 10, 1, 1.0, 1.0, empty.requests, empty.queued_prefill_tokens,
                         empty.pending_decode_tokens, empty.kv_tokens_committed, empty.kv_capacity_tokens,
                         empty.alive)
+
+
+def test_load_columns_copies_stay_views_of_their_own_stores():
+    import copy
+    import pickle
+
+    cols = LoadColumns.from_loads([WorkerLoad(requests=2), WorkerLoad(requests=5, alive=False)])
+    for clone in (copy.deepcopy(cols), pickle.loads(pickle.dumps(cols))):
+        assert clone.requests.tolist() == [2, 5] and clone.alive.tolist() == [True, False]
+        clone.sync(0, WorkerLoad(requests=9, queued_prefill_tokens=4, alive=False))
+        assert clone.requests.tolist() == [9, 5] and clone.queued_prefill_tokens.tolist() == [4, 0]
+        assert clone.alive.tolist() == [False, False]
+        assert cols.requests.tolist() == [2, 5]  # the original is untouched

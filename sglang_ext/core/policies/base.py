@@ -95,6 +95,11 @@ class LoadColumns:
             setattr(self, name, np.frombuffer(store, dtype=np.int64))
         self.alive = np.frombuffer(stores[-1], dtype=bool)
 
+    def __reduce__(self):
+        # A copy (pickle, deepcopy) must keep the numpy arrays views of its own stores,
+        # or `sync` would write where no policy reads.
+        return _columns_from_stores, (self._stores,)
+
     @classmethod
     def from_loads(cls, loads: Sequence[WorkerLoad]) -> LoadColumns:
         out = cls(len(loads))
@@ -113,6 +118,13 @@ class LoadColumns:
         committed[worker] = load.kv_tokens_committed
         capacity[worker] = load.kv_capacity_tokens
         alive[worker] = load.alive
+
+
+def _columns_from_stores(stores: tuple) -> LoadColumns:
+    out = LoadColumns(len(stores[0]))
+    for mine, theirs in zip(out._stores, stores):
+        mine[:] = theirs
+    return out
 
 
 @dataclass(slots=True)
