@@ -85,6 +85,17 @@ def test_pinned_requests_go_to_their_rank(server):
         assert meta(reply)["dp_rank"] == rank
 
 
+def wait_for_events_of(server, reply: dict, stored_before: int) -> None:
+    """Until the mirror has been told of the pages a finished request stored: its
+    uncached prompt tokens, and its output but the last token, whose KV is never
+    computed (page size 1; SGLang publishes them after the prefill batch and when the
+    worker goes idle, `scheduler.py`). Fails if they never arrive."""
+    m = meta(reply)
+    new = m["prompt_tokens"] - m["cached_tokens"] + m["completion_tokens"] - 1
+    status = server.wait_status(lambda s: s["kv_events"]["stored_pages"] >= stored_before + new, timeout_s=20)
+    assert status["kv_events"]["stored_pages"] >= stored_before + new, (m, status["kv_events"])
+
+
 def test_mirror_agrees_with_the_cached_tokens_workers_report_under_eviction(server):
     """Fill both workers' KV pools past capacity with 12 prefix families, then probe every
     family with a fresh suffix: for each probe the mirror's figure for the chosen worker
@@ -92,13 +103,15 @@ def test_mirror_agrees_with_the_cached_tokens_workers_report_under_eviction(serv
     rng = random.Random(4)
     families = [ids(rng, 300) for _ in range(12)]  # 3,600 tokens of prefixes > one pool
     for prefix in families:
-        generate(server.url, input_ids=prefix + ids(rng, 5), max_new_tokens=4)
-    time.sleep(0.5)  # let the last events arrive
+        before = server.status()["kv_events"]["stored_pages"]
+        reply = generate(server.url, input_ids=prefix + ids(rng, 5), max_new_tokens=4)
+        wait_for_events_of(server, reply, before)
     status = server.wait_status(lambda s: s["kv_events"]["removed_pages"] > 0)
     assert status["kv_events"]["removed_pages"] > 0, "the pool never evicted: test is not exercising eviction"
     mismatches = []
     for i, prefix in enumerate(families):
         rid = f"probe-{i}-{uuid.uuid4().hex[:6]}"
+        before = server.status()["kv_events"]["stored_pages"]
         reply = generate(server.url, input_ids=prefix + ids(rng, 5), max_new_tokens=2, rid=rid)
         decision = server.wait_status(lambda s: any(d["rid"] == rid for d in s["recent_decisions"]))
         record = next(d for d in decision["recent_decisions"] if d["rid"] == rid)
@@ -106,7 +119,7 @@ def test_mirror_agrees_with_the_cached_tokens_workers_report_under_eviction(serv
         mirrored = record["cached_tokens"][record["worker"]]
         if mirrored != meta(reply)["cached_tokens"]:
             mismatches.append((i, mirrored, meta(reply)["cached_tokens"]))
-        time.sleep(0.2)  # sequential probes: the events of one land before the next
+        wait_for_events_of(server, reply, before)  # sequential probes: one's events land before the next
     assert not mismatches, f"(family, mirror, worker) disagreements: {mismatches}"
     assert status["tree"]["uncertain_mask"] == 0
     assert max(status["tree"]["tokens_held"]) <= KV_TOKENS
@@ -162,8 +175,9 @@ def test_an_aborted_request_leaves_the_ledger(server):
     rng = random.Random(8)
     with ThreadPoolExecutor(1) as pool:
         reply = pool.submit(generate, server.url, input_ids=ids(rng, 40), max_new_tokens=3000, rid=rid)
-        server.wait_status(lambda s: s["in_flight"] >= 1, timeout_s=30)
-        time.sleep(0.5)
+        # Aborted mid-generation: after its prefill was reported.
+        server.wait_status(lambda s: s["in_flight"] >= 1 and all(ld["queued_prefill_tokens"] == 0
+                                                                 for ld in s["loads"]), timeout_s=30)
         code, _ = post_json(server.url, "/abort_request", {"rid": rid})
         assert code == 200
         try:
@@ -229,12 +243,21 @@ class _RankStatusFeed:
         assert paths, "the server's main process binds no unix sockets"
         for path in paths:
             self.sock.connect(f"ipc://{path}")
-        time.sleep(1.0)  # handshakes
 
     def send(self, status: list[bool]) -> None:
         from sglang.srt.managers.io_struct import ActiveRanksOutput, sock_send
 
-        sock_send(self.sock, ActiveRanksOutput(status=status))
+        import zmq
+
+        deadline = time.monotonic() + 20
+        while True:  # IMMEDIATE: Again until a handshake with the reply PULL completed
+            try:
+                sock_send(self.sock, ActiveRanksOutput(status=status), flags=zmq.NOBLOCK)
+                return
+            except zmq.Again:
+                if time.monotonic() > deadline:
+                    raise TimeoutError("the tokenizer manager's reply socket never accepted us") from None
+                time.sleep(0.02)
 
     def close(self) -> None:
         self.sock.close()
