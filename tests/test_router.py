@@ -195,6 +195,16 @@ def test_a_follower_waits_for_its_leaders_prefill_then_goes_to_the_same_worker()
     assert router.ledger.loads[1].queued_prefill_tokens == 2 * 40
 
 
+def test_a_queued_prompt_of_non_token_ids_leads_no_one_and_breaks_no_follower():
+    router, _ = _holding_router()
+    bad = _family("bad", 0)
+    bad.input_ids[320] = -5  # shares the family's prefix, but is no token ids
+    assert router.route(bad, 0.0).worker == 1
+    router.route(_family("lead", 1), 0.1)
+    follower = router.route(_family("f1", 2), 0.2)  # compared with the queued prompts
+    assert follower.held and router.holds._held["f1"].leader == "lead"
+
+
 def test_no_hold_when_the_mirror_already_has_the_prefix_or_for_other_policies():
     router, _ = _holding_router()
     prefix = list(range(1, 301))

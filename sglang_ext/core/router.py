@@ -128,7 +128,8 @@ class Router:
         leader = None
         if self.policy.holds_for_prefix and self.config.prefix_holds and self.config.exact_mirror and cached[worker]:
             namespace = None if request.namespace is None else request.namespace.full_key
-            leader = self.holds.leader_for(request.input_ids, worker, self._last_mirror_tokens[worker], namespace)
+            leader = self.holds.leader_for(request.input_ids, worker, self._last_mirror_tokens[worker], namespace,
+                                           packed)
         self.record_dispatch(request, worker, cached[worker], now_s, packed)
         if leader is not None:
             self.holds.hold(request.rid, leader, now_s)
@@ -294,13 +295,15 @@ class Router:
         self.ledger.on_dispatch(request.rid, worker, request.prompt_tokens, cached_tokens, expected, now_s)
         namespace = request.namespace
         full = None if namespace is None else namespace.full_key
-        self.holds.queued(request.rid, worker, request.input_ids, full)
         if packed is None:
             try:
                 packed = pack(request.input_ids)
             except (OverflowError, TypeError):
                 pass  # not token ids (logged by `route` / `cached_tokens`): nothing to record
         if packed is not None:  # b"" (an empty prompt) is recorded, as any other
+            # Packed once here for the holds too: a follower is compared with it by memcmp.
+            # (A prompt of no token ids can lead no one, so it is not queued there.)
+            self.holds.queued(request.rid, worker, request.input_ids, full, packed)
             self.inflight.add(request.rid, worker, request.input_ids, packed, full)
             capacity = self.ledger.loads[worker].kv_capacity_tokens
             if not self.config.exact_mirror:
