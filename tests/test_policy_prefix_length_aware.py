@@ -10,12 +10,13 @@ import random
 import numpy as np
 import pytest
 
+# Built with the token helpers (setup.py); like `test_the_compiled_helpers_are_built`, a
+# missing build fails here rather than skipping: the controller would run the slower form.
+from sglang_ext import _policy_costs as compiled
 from sglang_ext.core.cost_model import load_cost_model
 from sglang_ext.core.policies import LengthSource, PolicyConfig, Request
 from sglang_ext.core.policies import prefix_length_aware as pla
 from sglang_ext.core.policies.base import ClusterView, LoadColumns, WorkerLoad
-
-compiled = pytest.importorskip("sglang_ext._policy_costs")
 
 
 def random_view(rng: random.Random, n: int, prompt: int) -> ClusterView:
