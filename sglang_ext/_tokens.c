@@ -145,21 +145,26 @@ static void ids_close(ids_t *ids) {
         BODY                                                                            \
     }
 
-/* Pack buffer ids [start, stop) into dst: one pass that ORs the ids together to check
- * the range (no branch per id, so the compiler vectorises it), then a plain converting
- * copy; ~0.3 ns per id instead of ~1.4 with a check-and-break loop. -1 with
- * OverflowError set if any id is outside [0, 2**32). */
+/* Pack buffer ids [start, stop) into dst in one pass that converts each id and ORs them
+ * together, then checks the range once (no branch per id, so the compiler vectorises it;
+ * dst holds garbage on error, and the caller drops it). One pass, not a range pass and
+ * then a copy: an 8K-token array('q') packs in ~1.5 us instead of ~5-7 when it is in cache
+ * (a request just unpickled), ~5.5 instead of ~6-7 when not. -1 with OverflowError set if
+ * any id is outside [0, 2**32). */
 #define PACK_CASE(T, SIGNED)                                                              \
     {                                                                                   \
         const T *src = (const T *)ids->buf.buf + start;                                 \
         Py_ssize_t n = stop - start;                                                    \
         uint64_t high = 0;                                                              \
-        for (Py_ssize_t k = 0; k < n; k++) high |= (uint64_t)(int64_t)src[k];           \
+        for (Py_ssize_t k = 0; k < n; k++) {                                            \
+            uint64_t v_ = (uint64_t)(int64_t)src[k];                                    \
+            high |= v_;                                                                 \
+            dst[k] = (uint32_t)v_;                                                      \
+        }                                                                               \
         if ((SIGNED && (int64_t)high < 0) || (high >> 32) != 0) {                       \
             out_of_range();                                                             \
             return -1;                                                                  \
         }                                                                               \
-        for (Py_ssize_t k = 0; k < n; k++) dst[k] = (uint32_t)src[k];                   \
         return 0;                                                                       \
     }
 
