@@ -1,6 +1,6 @@
 """Does the length predictor delay the controller's dispatch of other requests?
 
-    python -m sglang_ext.bench predictor-gil [--rates-rps 16 64] [--duration-s 15] [--repeats 3]
+    OMP_NUM_THREADS=1 python -m sglang_ext.bench predictor-gil [--rates-rps 16 64] [--duration-s 15] [--repeats 3]
         [--conditions off thread process] [--out runs/predictor_gil]
 
 With `--length-source predicted` the controller predicts each request's decode length
@@ -21,6 +21,10 @@ same clock in every process), and *schedulers* that stamp each request's arrival
 its prefill 20 ms later and its finish after 5 ms per output token (so the ledger and
 the report socket work as under load).
 
+Run it as the launcher runs the controller on CPU, with `OMP_NUM_THREADS=1` (cores /
+ranks on a 2-core host, `sglang_ext/cpu_host.py`): with the default pools the
+predictor's idle OpenMP workers spin after every batch and take a core.
+
 Conditions (each run a fresh controller; conditions interleaved within each repeat):
 
 - `off`: `--length-source max_new_tokens`, no predictor;
@@ -28,7 +32,9 @@ Conditions (each run a fresh controller; conditions interleaved within each repe
   default before this benchmark), `--predict-wait-ms 0`: no request waits for its
   prediction, every request is predicted (the predictor is busy at the offered rate),
   and the latency measured is the event loop's own;
-- `process`: the same with the predictor in a child process (`--predictor-host process`);
+- `process`: the same with the predictor in a child process (`--predictor-host process`,
+  the default), which runs at niceness +5; `process-nice0`: the same child at the
+  controller's own priority;
 - `thread-wait`, `process-wait`: the default `--predict-wait-ms 20`: requests wait for
   their predictions; dispatch latency then includes the prediction.
 
@@ -58,6 +64,7 @@ CONDITIONS = {
     "off": ("max_new_tokens", None, 0.0),
     "thread": ("predicted", "thread", 0.0),
     "process": ("predicted", "process", 0.0),
+    "process-nice0": ("predicted", "process-nice0", 0.0),
     "thread-wait": ("predicted", "thread", 20.0),
     "process-wait": ("predicted", "process", 20.0),
 }
@@ -259,7 +266,12 @@ def run_one(condition: str, rate: float, duration_s: float, seed: int, predictor
     lengths = None
     if source == "predicted":
         lengths = PredictedLengths(model_dir, wait_ms, context, None, predictor=predictor if host == "thread" else None,
-                                   host=host)
+                                   host=host.removesuffix("-nice0"))
+        if host == "process-nice0":  # the same child at the controller's own priority
+            from sglang_ext.predictor_process import ProcessLengthPredictor
+
+            lengths._async.close()
+            lengths._async = ProcessLengthPredictor(model_dir, None, on_result=lengths._on_result, nice=0)
         if lengths.failed:
             raise RuntimeError(f"the predictor did not start: {lengths.unavailable}")
     ctl = build_controller(context, endpoints, RouterConfig(policy="prefix_length_aware", num_workers=2,
@@ -274,10 +286,15 @@ def run_one(condition: str, rate: float, duration_s: float, seed: int, predictor
     load_before = os.getloadavg()[0]
     tokenizer.send("go")
     started = time.monotonic()
-    end = started + 0.2 + duration_s + 1.0
-    while time.monotonic() < end:
+    # Until every request is dispatched (a loaded host can put the loop seconds behind),
+    # then a little longer for the predictions still on their way.
+    end = started + 0.2 + duration_s + 60.0
+    while time.monotonic() < end and sum(ctl.dispatched_by_worker) < n:
         timeout = ctl._guarded_value("the poll timeout", ctl._poll_timeout_ms, 1000)
-        ctl.run_once(poller, min(timeout, max(0, int((end - time.monotonic()) * 1000))))
+        ctl.run_once(poller, min(timeout, 100))
+    settle = time.monotonic() + 0.5
+    while time.monotonic() < settle:
+        ctl.run_once(poller, 50)
     sent = tokenizer.recv()
     elapsed = time.monotonic() - started
     thread_cpu = _thread_cpu_s(getattr(predictor_thread, "native_id", None))
@@ -302,9 +319,10 @@ def run_one(condition: str, rate: float, duration_s: float, seed: int, predictor
         "condition": condition, "rate_rps": rate, "requests": n, "dispatched": int(latency_us.size),
         "error_replies": error_replies, "mean_prompt_tokens": mean_prompt_tokens,
         **_dist("dispatch_us", latency_us), **_dist("decision_us", decision_us),
-        "predictor_cpu_fraction": child_share if host == "process" else thread_share,
-        "receiver_cpu_fraction": thread_share if host == "process" else None,
+        "predictor_cpu_fraction": child_share if (host or "").startswith("process") else thread_share,
+        "receiver_cpu_fraction": thread_share if (host or "").startswith("process") else None,
         "load_average_1min": load_before, "load_average_1min_after": os.getloadavg()[0],
+        "dispatch_us_all": [round(float(x), 1) for x in latency_us],
         "predictions": None if stats is None else {k: stats.get(k) for k in (
             "predicted_in_time", "fallbacks", "late_reweighed", "failed", "refused", "unavailable")},
     }
@@ -332,8 +350,8 @@ def _dist(name: str, values: np.ndarray) -> dict:
 
 # ------------------------------------------------------------------ driver
 
-HEADERS = ("condition", "req/s", "runs", "dispatch p50 us", "dispatch p99 us", "dispatch max us",
-           "decision p50 us", "decision p99 us", "predictor CPU", "load avg")
+HEADERS = ("condition", "req/s", "runs", "pooled p50 us", "pooled p90 us", "pooled p99 us", "per-run p50 us",
+           "per-run p99 us", "decision p99 us", "predictor CPU", "load avg")
 
 
 def table(rows: list[dict]) -> str:
@@ -350,13 +368,16 @@ def table(rows: list[dict]) -> str:
                     return "-"
                 return f"{statistics.median(vals):{fmt}} [{min(vals):{fmt}}-{max(vals):{fmt}}]"
 
-            body.append([cond, f"{rate:g}", str(len(mine)), med("dispatch_us_p50"), med("dispatch_us_p99"),
-                         med("dispatch_us_max"), med("decision_us_p50", ".1f"), med("decision_us_p99", ".1f"),
+            pooled = np.concatenate([np.asarray(r["dispatch_us_all"], dtype=float) for r in mine])
+            body.append([cond, f"{rate:g}", str(len(mine)),
+                         *(f"{np.percentile(pooled, q):.0f}" if pooled.size else "-" for q in (50, 90, 99)),
+                         med("dispatch_us_p50"), med("dispatch_us_p99"), med("decision_us_p99", ".1f"),
                          med("predictor_cpu_fraction", ".2f"), med("load_average_1min", ".1f")])
     widths = [max(len(h), *(len(r[i]) for r in body)) for i, h in enumerate(HEADERS)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(HEADERS, widths))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in body]
-    lines.append("median [min-max] over repeats of each run's percentile; predictor CPU: its thread's or "
+    lines.append("pooled: over every request of the runs; per-run: median [min-max] over repeats of each run's "
+                 "percentile; predictor CPU: its thread's or "
                  "process's CPU seconds per second; load avg: the host's 1-minute load average at each run's start")
     return "\n".join(lines) + "\n"
 
@@ -384,14 +405,18 @@ def run(args: argparse.Namespace) -> int:
     for pipe in pipes:
         assert pipe.recv() == "ready"
     rows = []
-    config = {"args": vars(args), "switch_interval_s": sys.getswitchinterval(), "conditions": {
+    config = {"args": vars(args), "switch_interval_s": sys.getswitchinterval(),
+              "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "conditions": {
         c: dict(zip(("length_source", "predictor_host", "predict_wait_ms"), CONDITIONS[c])) for c in args.conditions},
         "scheduler_stand_in": {"prefill_report_s": PREFILL_REPORT_S, "decode_s_per_token": DECODE_S_PER_TOKEN,
                                "output_lengths": OUTPUT_LENGTHS}}
     try:
         for repeat in range(args.repeats):
             for rate in args.rates_rps:
-                for condition in args.conditions:
+                # Rotated per repeat, so that no condition always runs first (or right
+                # after another) while the host's load drifts.
+                shift = repeat % len(args.conditions)
+                for condition in args.conditions[shift:] + args.conditions[:shift]:
                     row = run_one(condition, rate, args.duration_s, args.seed + repeat, predictor, args.length_model,
                                   tokenizer, schedulers)
                     row["repeat"] = repeat
