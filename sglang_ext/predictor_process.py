@@ -6,9 +6,11 @@ Why a process: in a thread of the controller, prediction holds the GIL whenever 
 Python code, and the event loop, which must take the GIL back after each poll and each
 socket call, waits for it, up to CPython's switch interval (5 ms) at a time. Measured on
 the controller's dispatch path (`python -m sglang_ext.bench predictor-gil`,
-docs/results/predictor_gil/): with the predictor busy on its thread, the p99 time from
-the tokenizer's send to the scheduler's receipt of requests that do not wait for a
-prediction grew by several milliseconds; in a child process it does not.
+docs/results/predictor_gil/, a loaded 2-core host): at 64 requests/s with the predictor
+busy on its thread, the p99 time from the tokenizer's send to the scheduler's receipt of
+requests that do not wait for a prediction grew from about 7 ms to over 60 ms; with the
+predictor in this child (niced) it stayed near 8 ms. The price: with the default 20 ms
+wait, fewer predictions arrived in time there.
 
 Wire: the controller binds two `ipc://` sockets in a private folder (mode 0700); the
 child (`python -m sglang_ext.predictor_process`) connects a PULL for requests and a PUSH
