@@ -55,6 +55,22 @@ _CHAT_MARKERS = (
 )
 
 
+def drain_predictions(out, failed) -> list[tuple[Hashable, int]]:
+    """Take every finished (rid, tokens) from `out`; if `failed` holds (rid, cause)
+    pairs, take them too and raise PredictionFailed carrying the finished ones, so that
+    no answer is lost with the failure. Shared by the thread and process hosts."""
+    results = []
+    while out:
+        results.append(out.popleft())
+    if failed:
+        rids, cause = [], None
+        while failed:
+            rid, cause = failed.popleft()
+            rids.append(rid)
+        raise PredictionFailed(rids, cause, results)
+    return results
+
+
 def last_user_turn(text: str) -> str:
     """The last user message of a chat-templated prompt (the model was trained on single
     human turns); plain text is returned as is."""
@@ -191,16 +207,7 @@ class AsyncLengthPredictor:
 
     def poll(self) -> list[tuple[Hashable, int]]:
         """Drain finished predictions; raises PredictionFailed if any request failed."""
-        results = []
-        while self._out:
-            results.append(self._out.popleft())
-        if self._failed:
-            rids, cause = [], None
-            while self._failed:
-                rid, cause = self._failed.popleft()
-                rids.append(rid)
-            raise PredictionFailed(rids, cause, results)
-        return results
+        return drain_predictions(self._out, self._failed)
 
     def pending(self) -> int:
         return self._in.qsize()

@@ -43,7 +43,7 @@ from collections.abc import Callable, Hashable
 
 import zmq
 
-from length_model.serving import PredictionFailed, PredictorBusy, PredictorError
+from length_model.serving import PredictorBusy, PredictorError, drain_predictions
 
 logger = logging.getLogger(__name__)
 
@@ -125,16 +125,7 @@ class ProcessLengthPredictor:
 
     def poll(self) -> list[tuple[Hashable, int]]:
         """Drain finished predictions; raises PredictionFailed if any request failed."""
-        results = []
-        while self._out:
-            results.append(self._out.popleft())
-        if self._failed:
-            rids, cause = [], None
-            while self._failed:
-                rid, cause = self._failed.popleft()
-                rids.append(rid)
-            raise PredictionFailed(rids, cause, results)
-        return results
+        return drain_predictions(self._out, self._failed)
 
     def pending(self) -> int:
         return self._submitted - self._answered
