@@ -19,7 +19,6 @@ import pytest
 import zmq
 
 pytest.importorskip("sglang")
-from sglang.srt.managers.data_parallel_controller import LoadBalanceMethod  # noqa: E402
 from sglang.srt.managers.io_struct import (  # noqa: E402
     AbortReq,
     ActiveRanksOutput,
@@ -31,7 +30,8 @@ from sglang.srt.managers.io_struct import (  # noqa: E402
 from sglang.srt.sampling.sampling_params import SamplingParams  # noqa: E402
 
 from sglang_ext import completions  # noqa: E402
-from sglang_ext.controller import MAX_DRAIN_PER_ROUND, ErrorReplies, PrefixAwareController  # noqa: E402
+from sglang_ext.bench.dispatch_harness import bare_controller  # noqa: E402
+from sglang_ext.controller import MAX_DRAIN_PER_ROUND, ErrorReplies  # noqa: E402
 from sglang_ext.core.policies import LengthSource  # noqa: E402
 from sglang_ext.core.router import RouterConfig  # noqa: E402
 from sglang_ext.length_source import PredictedLengths  # noqa: E402
@@ -49,11 +49,6 @@ def tokenized(rid: str, prompt: list[int] | None = None, max_new_tokens: int = 8
     )
 
 
-class _NoSnapshots:
-    def read_all(self):
-        return []
-
-
 class Harness:
     """A controller wired to real sockets; `step()` runs one event-loop round."""
 
@@ -61,19 +56,8 @@ class Harness:
                  predictor=None):
         self.ctx = zmq.Context()
         tag = uuid.uuid4().hex[:8]
-        ctl = object.__new__(PrefixAwareController)
-        # What the stock constructor would have set (data_parallel_controller.py, 0.5.23).
-        ctl.max_dp_size = num_workers
-        ctl.load_balance_method = LoadBalanceMethod.ROUND_ROBIN
-        ctl.status = [True] * num_workers
-        ctl.dp_active = [True] * num_workers
-        ctl._active_workers = list(range(num_workers))
-        ctl.round_robin_counter = 0
-        ctl.health_round_robin_counter = 0
-        ctl.load_snapshot_reader = _NoSnapshots()
-        ctl.soft_watchdog = SimpleNamespace(feed=lambda: None)
+        ctl = bare_controller(num_workers)  # what the stock constructor would have set
         self.workers_in = []
-        ctl.workers = []
         for w in range(num_workers):
             pull = self.ctx.socket(zmq.PULL)
             pull.bind(f"inproc://worker{w}-{tag}")

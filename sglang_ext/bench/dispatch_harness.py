@@ -41,24 +41,34 @@ def new_endpoints(num_workers: int) -> Endpoints:
     return Endpoints.in_folder(tempfile.mkdtemp(prefix="sglang_ext_bench_"), num_workers)
 
 
-def build_controller(context: zmq.Context, endpoints: Endpoints, router_config, lengths=None):
-    """A controller on `endpoints`; `lengths` (a `PredictedLengths`) for predicted lengths."""
+def bare_controller(num_workers: int):
+    """A `PrefixAwareController` with only what the stock constructor would have set
+    and its methods read (`data_parallel_controller.py`, SGLang 0.5.23), no sockets yet:
+    the caller wires `workers`, `recv_from_tokenizer`, `recv_reports`, then calls
+    `init_dispatcher()` and `_init_ours(...)`."""
     from sglang.srt.managers.data_parallel_controller import LoadBalanceMethod
 
-    from sglang_ext.controller import ErrorReplies, PrefixAwareController
+    from sglang_ext.controller import PrefixAwareController
 
-    n = router_config.num_workers
     ctl = object.__new__(PrefixAwareController)
-    ctl.max_dp_size = n
+    ctl.max_dp_size = num_workers
     ctl.load_balance_method = LoadBalanceMethod.ROUND_ROBIN
-    ctl.status = [True] * n
-    ctl.dp_active = [True] * n
-    ctl._active_workers = list(range(n))
+    ctl.status = [True] * num_workers
+    ctl.dp_active = [True] * num_workers
+    ctl._active_workers = list(range(num_workers))
     ctl.round_robin_counter = 0
     ctl.health_round_robin_counter = 0
     ctl.load_snapshot_reader = _NoSnapshots()
     ctl.soft_watchdog = SimpleNamespace(feed=lambda: None)
     ctl.workers = []
+    return ctl
+
+
+def build_controller(context: zmq.Context, endpoints: Endpoints, router_config, lengths=None):
+    """A controller on `endpoints`; `lengths` (a `PredictedLengths`) for predicted lengths."""
+    from sglang_ext.controller import ErrorReplies
+
+    ctl = bare_controller(router_config.num_workers)
     for address in endpoints.workers:
         push = context.socket(zmq.PUSH)
         push.connect(address)
