@@ -168,7 +168,7 @@ class LoadLedger:
 
     def forget_worker(self, worker: int) -> list[str]:
         """Drop every entry of a worker (it died or restarted)."""
-        rids = [rid for rid, e in self._entries.items() if e.worker == worker]
+        rids = self.rids_on(worker)
         for rid in rids:
             self._remove(rid)
         return rids
